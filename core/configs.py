@@ -1,0 +1,188 @@
+"""Pydantic configs shared by the jobs (which read them from YAML/JSON files) and the control plane
+(which takes them as REST bodies and shows them on the dashboard).
+
+Only plain values live here; nothing touches the file system when a config is built, so a config can be
+validated anywhere. Checks that need the data (paths exist, crop fits the images) are done by the code
+that opens the data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from core.errors import ConfigError
+
+DatasetFormat = Literal["cityscapes", "cityscapes_coarse", "camvid", "folder", "paired"]
+InferenceMode = Literal["whole", "slide", "multiscale"]
+Precision = Literal["fp32", "bf16"]
+ScheduleKind = Literal["constant", "coarse2fine", "fine2coarse", "coarse2fine+", "fine2coarse+"]
+TrainMode = Literal["joint", "pretrain_finetune", "finetune"]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSource(StrictModel):
+    """Where images (and, for labeled data, labels) come from.
+
+    ``format``: ``cityscapes`` (leftImg8bit + gtFine), ``cityscapes_coarse`` (leftImg8bit images of a gtCoarse
+    split, used unlabeled), ``camvid`` (SegNet layout), ``folder`` (images only, recursive), ``paired``
+    (``images/`` + ``labels/`` with matching stems, needs ``classes``).
+    """
+
+    format: DatasetFormat
+    root: str
+    split: str = "train"
+    label_kind: Literal["labelIds", "labelTrainIds"] = "labelIds"
+    classes: list[str] | None = None
+    id_map: dict[int, int] | None = None
+    subset_fraction: float | None = Field(default=None, gt=0, le=1)
+    subset_list: str | None = None
+    subset_seed: int = 0
+    n_shot: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSource:
+        if self.format == "paired" and not self.classes:
+            raise ValueError("format 'paired' needs 'classes' (the declared label space)")
+        if self.subset_fraction is not None and self.subset_list is not None:
+            raise ValueError("give subset_fraction or subset_list, not both")
+        return self
+
+
+class LabelJobConfig(StrictModel):
+    """The pseudo-label job: a teacher labels unlabeled images into a Zarr label store."""
+
+    teacher_checkpoint: str
+    source: DataSource
+    store: str
+    batch_size: int = Field(default=4, gt=0)
+    num_actors: int = Field(default=1, gt=0)
+    gpus_per_actor: float = Field(default=0.0, ge=0)
+    cpus_per_actor: float = Field(default=0.5, gt=0)
+    mode: InferenceMode = "whole"
+    scales: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])
+    flip: bool = True
+    slide_crop: int = Field(default=512, gt=0)
+    precision: Precision = "fp32"
+    channels_last: bool = False
+    min_centroid_area: int = Field(default=32, ge=1)
+    overwrite: bool = False
+    ray_address: str | None = None
+
+
+class PseudoSource(StrictModel):
+    """A label store used as pseudo labels, with an optional read-time confidence threshold."""
+
+    store: str
+    confidence_threshold: float = Field(default=0.0, ge=0, le=1)
+
+
+class ScheduleConfig(StrictModel):
+    """The crop schedule (paper Sec. 3.3); see core.schedule."""
+
+    kind: ScheduleKind = "constant"
+    crop_sizes: list[int] = Field(default_factory=lambda: [400, 480, 560, 640, 720, 800])
+    warmup_epochs: int = Field(default=0, ge=0)
+    base_batch_size: int = Field(default=8, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduleConfig:
+        if not self.crop_sizes or any(s <= 0 for s in self.crop_sizes):
+            raise ValueError("crop_sizes must be a non-empty list of positive sizes")
+        return self
+
+
+class AugmentConfig(StrictModel):
+    scale_min: float = Field(default=0.5, gt=0)
+    scale_max: float = Field(default=2.0, gt=0)
+    flip: bool = True
+    blur: bool = True
+    color_jitter: float = Field(default=0.1, ge=0, le=1)
+
+
+class TrainJobConfig(StrictModel):
+    """Teacher or student training on Ray Train (one loop serves both)."""
+
+    role: Literal["teacher", "student"] = "student"
+    run_name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    storage_path: str
+    model: str = "small"
+    model_options: dict = Field(default_factory=dict)
+    labeled: DataSource
+    val: DataSource | None = None
+    val_every: int = Field(default=1, gt=0)
+    pseudo: list[PseudoSource] = Field(default_factory=list)
+    real_pseudo_ratio: float = Field(default=7.0, gt=0)
+    centroid_sampling: bool = True
+    samples_per_epoch: int | None = Field(default=None, gt=0)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    epochs: int = Field(default=10, gt=0)
+    mode: TrainMode = "joint"
+    pretrain_epochs: int = Field(default=0, ge=0)
+    init_checkpoint: str | None = None
+    lr: float | None = Field(default=None, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    ohem: bool = True
+    ohem_thresh: float = Field(default=0.7, gt=0, le=1)
+    ohem_min_kept: int = Field(default=100_000, gt=0)
+    num_workers: int = Field(default=1, gt=0)
+    gpus_per_worker: float = Field(default=0.0, ge=0)
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    loader_workers: int = Field(default=0, ge=0)
+    precision: Precision = "fp32"
+    max_failures: int = Field(default=2, ge=0)
+    seed: int = 0
+    ray_address: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainJobConfig:
+        if self.role == "teacher" and self.pseudo:
+            raise ValueError("pseudo: a teacher trains on labeled data only")
+        if self.mode == "finetune" and not self.init_checkpoint:
+            raise ValueError("init_checkpoint: mode 'finetune' needs a checkpoint to start from")
+        if self.mode == "pretrain_finetune" and not self.pseudo:
+            raise ValueError("pseudo: mode 'pretrain_finetune' needs at least one label store")
+        return self
+
+    def effective_lr(self) -> float:
+        """lr if given, else the paper's defaults: 0.002 when finetuning, 0.02 from scratch."""
+        if self.lr is not None:
+            return self.lr
+        return 0.002 if self.mode == "finetune" else 0.02
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def load_config(path: str | Path, cls: type[ConfigT]) -> ConfigT:
+    """Read a YAML or JSON file into ``cls``; errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return cls.model_validate(data)
+
+
+def save_config(config: BaseModel, path: str | Path) -> Path:
+    """Write a config as YAML (or JSON when the suffix is .json)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = config.model_dump(mode="json")
+    path.write_text(json.dumps(data, indent=2) if path.suffix == ".json" else yaml.safe_dump(data))
+    return path

@@ -1,0 +1,58 @@
+"""Specific errors raised by the core library.
+
+Every error names the file or value it is about and the problem, so a job can turn it into a per-row
+status and the control plane into a 4xx without guessing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SelfTrainError(Exception):
+    """Base class of every error the project raises on purpose."""
+
+
+class DataError(SelfTrainError):
+    """A file on disk cannot be used as it is."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class CorruptImageError(DataError):
+    """An image file is empty, truncated or not an image at all."""
+
+
+class InvalidLabelError(DataError):
+    """A label map has the wrong shape, channels or ids."""
+
+
+class SizeMismatchError(DataError):
+    """A label map's size differs from its image's size."""
+
+
+class EmptyDatasetError(DataError):
+    """A folder that should hold samples holds none."""
+
+
+class UnknownModelError(SelfTrainError, ValueError):
+    """A model name that the factory does not know."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        super().__init__(f"unknown model {name!r}; known models: {', '.join(sorted(known))}")
+
+
+class CheckpointError(DataError):
+    """A checkpoint file is missing fields or does not fit the model asked for."""
+
+
+class StoreError(DataError):
+    """A label store is missing, malformed, or belongs to another teacher."""
+
+
+class ConfigError(SelfTrainError, ValueError):
+    """A configuration value that cannot work (named in the message)."""

@@ -1,0 +1,131 @@
+"""The `selftrain` command: one entry point whose subcommands call core, the jobs and the service.
+
+Heavy imports (torch, ray, fastapi) happen inside each subcommand, so `selftrain --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from core.synth import parse_size, write_synthetic_dataset
+
+    paths = write_synthetic_dataset(
+        args.out,
+        n=args.n,
+        domain=args.domain,
+        size=parse_size(args.size),
+        seed=args.seed,
+        split=args.split,
+    )
+    print(f"wrote {len(paths)} {args.domain} scenes ({args.size}) to {args.out}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    import torch
+
+    from core.models import build_model, count_parameters, list_models
+    from core.synth import parse_size
+
+    height, width = parse_size(args.size)
+    torch.set_grad_enabled(False)
+    rows = []
+    for name in list_models():
+        model = build_model(name, args.num_classes).eval()
+        row = {"model": name, "parameters": count_parameters(model)}
+        if not args.no_forward:
+            start = time.perf_counter()
+            out = model(torch.zeros(1, 3, height, width))
+            row["forward_s"] = round(time.perf_counter() - start, 3)
+            row["output"] = list(out.shape)
+        rows.append(row)
+        if not args.json:
+            extra = f"  forward {row['forward_s']:.2f}s -> {row['output']}" if "output" in row else ""
+            print(f"{name:28s} {row['parameters'] / 1e6:8.2f}M{extra}", flush=True)
+        del model
+    if args.json:
+        print(json.dumps(rows))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from core.configs import DataSource
+    from core.evaluate import evaluate_checkpoint
+
+    source = DataSource(format=args.format, root=args.root, split=args.split)
+    result = evaluate_checkpoint(args.checkpoint, source, mode=args.mode)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{'class':20s} IoU")
+    for name, iou in result["per_class_iou"].items():
+        print(f"{name:20s} {'  n/a' if iou is None else f'{100 * iou:5.1f}'}")
+    print(f"{'mIoU':20s} {100 * result['miou']:5.1f}  ({result['n_images']} images)")
+    return 0
+
+
+def _cmd_store_info(args: argparse.Namespace) -> int:
+    from core.store import store_info
+
+    print(json.dumps(store_info(args.store), indent=None if args.compact else 2))
+    return 0
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selftrain", description="Distributed self-training for semantic segmentation."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write synthetic driving scenes in the Cityscapes layout")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--domain", choices=["source", "target"], default="source")
+    p.add_argument("--size", default="256x512", help="HxW")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="train")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("models", help="list models with parameter counts (and a forward pass)")
+    p.add_argument("--num-classes", type=int, default=19)
+    p.add_argument("--size", default="512x1024", help="HxW of the forward pass")
+    p.add_argument("--no-forward", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("evaluate", help="per-class IoU and mIoU of a checkpoint on a labeled split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--format", choices=["cityscapes", "camvid", "folder"], required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--split", default="val")
+    p.add_argument("--mode", choices=["whole", "slide", "multiscale"], default="whole")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("store-info", help="JSON summary of a label store")
+    p.add_argument("store")
+    p.add_argument("--compact", action="store_true")
+    p.set_defaults(func=_cmd_store_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from core.errors import SelfTrainError
+
+    args = _build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except SelfTrainError as exc:
+        print(f"selftrain {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Reading and writing images and label maps, checking each file as it is read.
+
+Images come back as (H, W, 3) uint8 RGB, label maps as (H, W) uint8 train ids (255 = ignore). A file
+that cannot be used raises an error from core.errors that names the file and the problem, so a bad
+sample fails loudly where it is read instead of silently training on garbage.
+
+Label files must hold one channel of class ids (8- or 16-bit PNG). A 3-channel label whose three
+channels are identical (a grayscale picture saved as RGB) is accepted as that one channel; any other
+multi-channel label (a color-coded label, a palette PNG, which OpenCV expands to colors) is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from core.errors import CorruptImageError, DataError, InvalidLabelError, SizeMismatchError
+from core.labels import LabelSpace
+
+_JPEG_START = b"\xff\xd8"
+_JPEG_START_OF_SCAN = b"\xff\xda"
+_JPEG_END = b"\xff\xd9"
+# The most offending values an error message lists.
+_MAX_LISTED = 10
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as RGB.
+
+    Args:
+        path: A JPEG or PNG (or any format OpenCV decodes) file.
+
+    Returns:
+        (H, W, 3) uint8 RGB; grayscale images are repeated to three channels, alpha is dropped.
+
+    Raises:
+        DataError: The file does not exist or cannot be read.
+        CorruptImageError: The file is empty, truncated or not an image.
+    """
+    return decode_image(_read_bytes(path), name=str(path))
+
+
+def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode an encoded image (the bytes of a JPEG or PNG file) as RGB.
+
+    Args:
+        data: The encoded file contents, e.g. an upload or a row of a Ray Dataset.
+        name: What to call the data in errors, usually its file name.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+
+    Raises:
+        CorruptImageError: The data is empty, truncated or not an image.
+    """
+    # EXIF orientation is ignored: label files are aligned with the stored pixel grid, so an image
+    # rotated on reading would no longer match its label.
+    bgr = _decode(data, name, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_label(
+    path: str | Path,
+    label_space: LabelSpace,
+    expect_shape: tuple[int, int] | None = None,
+    *,
+    stored_ids: Collection[int] | None = None,
+) -> np.ndarray:
+    """Read a label map and convert its stored ids to train ids.
+
+    Args:
+        path: A single-channel PNG of stored ids (see the module docstring for 3-channel files).
+        label_space: Maps the stored ids to train ids.
+        expect_shape: (H, W) the label must have, usually its image's size.
+        stored_ids: The values the file may hold (e.g. 0..11 and 255 for CamVid), checked before
+            mapping; ``None`` allows every value the label space accepts.
+
+    Returns:
+        (H, W) uint8 train ids, ``label_space.ignore_index`` where a pixel has no class.
+
+    Raises:
+        DataError: The file does not exist or cannot be read.
+        CorruptImageError: The file is empty, truncated or not an image.
+        InvalidLabelError: The label has color channels, or holds ids that are not allowed or that
+            are no class after mapping (the message lists them).
+        SizeMismatchError: The label's size differs from ``expect_shape``.
+    """
+    name = str(path)
+    stored = _single_channel(_decode(_read_bytes(path), name, cv2.IMREAD_UNCHANGED), name)
+    if expect_shape is not None and stored.shape != tuple(expect_shape):
+        raise SizeMismatchError(
+            name, f"label is {_hw(stored.shape)} but its image is {_hw(expect_shape)}"
+        )
+    present = np.flatnonzero(np.bincount(stored.ravel(), minlength=256))
+    if present[-1] > 255:
+        above = present[present > 255]
+        raise InvalidLabelError(name, f"stored ids above 255 found: {_listed(above)}")
+    if stored_ids is not None:
+        unexpected = np.setdiff1d(present, np.fromiter(stored_ids, dtype=np.int64))
+        if unexpected.size:
+            raise InvalidLabelError(
+                name,
+                f"stored ids outside the allowed ids ({_ranges(stored_ids)}) found: "
+                f"{_listed(unexpected)}",
+            )
+    # Mapping the few values present is enough to know whether the mapped map is valid.
+    invalid = label_space.invalid_values(label_space.to_train_ids(present))
+    if invalid:
+        raise InvalidLabelError(
+            name,
+            f"ids >= {label_space.num_classes} (the number of {label_space.name} classes) found "
+            f"after mapping: {_listed(invalid)}",
+        )
+    return label_space.to_train_ids(stored)
+
+
+def write_image(path: str | Path, rgb: np.ndarray) -> Path:
+    """Write an (H, W, 3) uint8 RGB image; the suffix picks the format (.png, .jpg or .jpeg).
+
+    Parent folders are created. Returns the path written.
+    """
+    path = Path(path)
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"{path}: expected an (H, W, 3) uint8 image, got {rgb.dtype} {rgb.shape}")
+    if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise ValueError(f"{path}: image files must end in .png, .jpg or .jpeg")
+    _write_encoded(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def write_label(path: str | Path, label: np.ndarray) -> Path:
+    """Write an (H, W) uint8 label map as a single-channel PNG (lossless, so ids survive).
+
+    Parent folders are created. Returns the path written.
+    """
+    path = Path(path)
+    label = np.asarray(label)
+    if label.dtype != np.uint8 or label.ndim != 2:
+        raise ValueError(f"{path}: expected an (H, W) uint8 label, got {label.dtype} {label.shape}")
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"{path}: label files must be PNG (a lossy format would change the ids)")
+    _write_encoded(path, label)
+    return path
+
+
+def _read_bytes(path: str | Path) -> bytes:
+    path = Path(path)
+    if not path.is_file():
+        problem = "is a folder, not a file" if path.is_dir() else "file does not exist"
+        raise DataError(path, problem)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(path, f"cannot read file ({exc.strerror})") from exc
+    return data
+
+
+def _decode(data: bytes, name: str, flags: int) -> np.ndarray:
+    if len(data) == 0:
+        raise CorruptImageError(name, "empty file (0 bytes)")
+    array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if array is None:
+        raise CorruptImageError(name, "not a decodable image (truncated, corrupt or not an image)")
+    # Some OpenCV builds decode a truncated JPEG into a partly gray picture instead of failing;
+    # a complete JPEG has an end-of-image marker after its last scan.
+    if data.startswith(_JPEG_START):
+        last_scan = data.rfind(_JPEG_START_OF_SCAN)
+        if last_scan == -1 or data.find(_JPEG_END, last_scan) == -1:
+            raise CorruptImageError(name, "truncated JPEG (no end-of-image marker)")
+    return array
+
+
+def _single_channel(array: np.ndarray, name: str) -> np.ndarray:
+    if array.dtype not in (np.uint8, np.uint16):
+        raise InvalidLabelError(name, f"label pixels are {array.dtype}; expected 8- or 16-bit ids")
+    if array.ndim == 2:
+        return array
+    if array.ndim == 3 and array.shape[2] == 1:
+        return array[:, :, 0]
+    if array.ndim == 3 and array.shape[2] == 3:
+        first = array[:, :, 0]
+        if np.array_equal(first, array[:, :, 1]) and np.array_equal(first, array[:, :, 2]):
+            return first
+        raise InvalidLabelError(
+            name, "color (RGB) label; expected one channel of class ids (palette PNGs are color)"
+        )
+    raise InvalidLabelError(
+        name, f"label has {array.shape[2]} channels; expected one channel of class ids"
+    )
+
+
+def _write_encoded(path: Path, array: np.ndarray) -> None:
+    ok, encoded = cv2.imencode(path.suffix.lower(), array)
+    if not ok:
+        raise ValueError(f"{path}: OpenCV could not encode the array")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encoded.tobytes())
+
+
+def _hw(shape: tuple[int, ...]) -> str:
+    return f"{shape[0]}x{shape[1]} (HxW)"
+
+
+def _listed(values: Collection[int] | np.ndarray) -> str:
+    values = [int(v) for v in values]
+    text = ", ".join(str(v) for v in values[:_MAX_LISTED])
+    if len(values) > _MAX_LISTED:
+        text += f" and {len(values) - _MAX_LISTED} more"
+    return text
+
+
+def _ranges(ids: Collection[int]) -> str:
+    # "0-11, 255" reads better than twelve numbers.
+    parts: list[str] = []
+    for value in sorted(set(ids)):
+        if parts and value == int(parts[-1].split("-")[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{value}"
+        else:
+            parts.append(str(value))
+    return ", ".join(parts)

@@ -1,0 +1,97 @@
+"""Evaluate a model on a labeled dataset: predict every image and count a confusion matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.checkpoint import load_model
+from core.configs import DataSource, InferenceMode
+from core.datasets import open_source
+from core.errors import CheckpointError, DataError, SizeMismatchError
+from core.inference import predict
+from core.labels import LabelSpace
+from core.metrics import ConfusionMatrix
+
+# What evaluate iterates: anything with len() and [i] -> (image, label or None, image path),
+# e.g. core.datasets.SegmentationDataset.
+Sample = tuple[np.ndarray, np.ndarray | None, str]
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Sequence[Sample],
+    label_space: LabelSpace,
+    mode: InferenceMode = "whole",
+    device: str | torch.device = "cpu",
+    **inference_options: Any,
+) -> ConfusionMatrix:
+    """Predict every image of ``dataset`` and compare with its label.
+
+    Args:
+        model: Segmentation model on ``device``; put in eval mode here and restored afterwards.
+        dataset: Samples (image uint8 HWC, label uint8 HW train ids, image path).
+        label_space: The model's classes (and ignore index).
+        mode: Inference mode, see core.inference.
+        device: Where the forward passes run.
+        **inference_options: Passed to core.inference.predict (scales, flip, crop, bf16, ...).
+
+    Raises:
+        DataError: A sample has no label.
+        SizeMismatchError: A label's size differs from its image's.
+    """
+    matrix = ConfusionMatrix(label_space.num_classes, label_space.ignore_index)
+    was_training = model.training
+    model.eval()
+    try:
+        for index in range(len(dataset)):
+            image, label, path = dataset[index]
+            if label is None:
+                raise DataError(path, "has no label to evaluate against")
+            if label.shape != image.shape[:2]:
+                raise SizeMismatchError(
+                    path,
+                    f"label is {label.shape[1]}x{label.shape[0]} but the image is "
+                    f"{image.shape[1]}x{image.shape[0]}",
+                )
+            prediction, _ = predict(model, image, mode=mode, device=device, **inference_options)
+            matrix.update(prediction, label)
+    finally:
+        model.train(was_training)
+    return matrix
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    source: DataSource,
+    mode: InferenceMode = "whole",
+    device: str | torch.device = "cpu",
+    **inference_options: Any,
+) -> dict[str, Any]:
+    """Evaluate a stored model on the labeled data a config describes (``selftrain evaluate``).
+
+    Returns:
+        ``{"miou", "pixel_accuracy", "per_class_iou": {class name: iou}, "n_images"}``, JSON-able
+        (undefined values are None).
+
+    Raises:
+        CheckpointError: The checkpoint cannot be loaded, or its classes differ from the data's.
+        DataError: The data has images without labels (or any error opening it).
+    """
+    model, label_space, _ = load_model(checkpoint, device)
+    dataset = open_source(source)
+    if not dataset.is_labeled():
+        raise DataError(source.root, f"format {source.format!r} has no labels to evaluate against")
+    data_names = None if dataset.label_space is None else list(dataset.label_space.names)
+    if data_names != list(label_space.names):
+        raise CheckpointError(
+            checkpoint,
+            f"model classes {list(label_space.names)} differ from the data's classes {data_names}",
+        )
+    matrix = evaluate(model, dataset, label_space, mode, device, **inference_options)
+    return {**matrix.to_dict(label_space.names), "n_images": len(dataset)}

@@ -55,10 +55,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from core.checkpoint import load_checkpoint
     from core.configs import DataSource
     from core.evaluate import evaluate_checkpoint
 
-    source = DataSource(format=args.format, root=args.root, split=args.split)
+    if args.format == "folder":
+        # A paired folder (images/ + labels/) whose labels hold the checkpoint's train ids.
+        classes = load_checkpoint(args.checkpoint)["label_space"]["names"]
+        source = DataSource(format="paired", root=args.root, split=args.split, classes=classes)
+    else:
+        source = DataSource(format=args.format, root=args.root, split=args.split)
     result = evaluate_checkpoint(args.checkpoint, source, mode=args.mode)
     if args.json:
         print(json.dumps(result))

@@ -1,0 +1,163 @@
+"""The FastAPI app: the REST API under ``/api``, the dashboard at ``/``, and the orchestrator's poll
+loop in the background (started and stopped with the app)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from services.backend import JobBackend, RayJobBackend
+from services.db import Database
+from services.deps import Service, ServiceDep, require_token
+from services.orchestrator import Orchestrator
+from services.routes_predict import router as predict_router
+from services.routes_runs import router as runs_router
+from services.schemas import Health
+from services.settings import Settings, get_settings
+from services.spec import SpecError, join_field
+
+STATIC = Path(__file__).resolve().parent / "static"
+# Room for the multipart framing around an upload of max_upload_bytes.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def create_app(
+    settings: Settings | None = None,
+    backend: JobBackend | None = None,
+    orchestrate: bool = True,
+) -> FastAPI:
+    """The service.
+
+    Args:
+        settings: Default: read from the environment.
+        backend: Where jobs run; default: the Ray cluster at ``settings.ray_address``.
+        orchestrate: Run the poll loop that moves runs on (tests that step it by hand turn it off).
+    """
+    settings = settings or get_settings()
+    settings.workdir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.database_url or "")
+    backend = backend or RayJobBackend(settings.ray_address, settings.repo_dir)
+    service = Service(settings, db, backend, Orchestrator(db, backend, settings))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Runs in flight when the last service stopped are picked up by the first step.
+        task = asyncio.create_task(service.orchestrator.run_forever()) if orchestrate else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        db.dispose()
+
+    app = FastAPI(
+        title="selftrain",
+        summary="Self-training runs for semantic segmentation on a Ray cluster",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.add_middleware(BodyLimit, settings=settings)
+    app.add_exception_handler(SpecError, _spec_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+    api = APIRouter(prefix="/api")
+    api.add_api_route("/health", _health, methods=["GET"], tags=["health"])
+    protected = APIRouter(
+        dependencies=[Depends(require_token)],
+        responses={401: {"description": "Missing or wrong bearer token"}},
+    )
+    protected.include_router(runs_router)
+    protected.include_router(predict_router)
+    api.include_router(protected)
+    app.include_router(api)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_api_route("/", _dashboard, methods=["GET"], include_in_schema=False)
+    return app
+
+
+def _health(service: ServiceDep) -> Health:
+    """Liveness (no token needed): the service answers and its database can be read."""
+    from sqlalchemy import text
+
+    with service.db.session() as session:
+        session.execute(text("SELECT 1"))
+    return Health(status="ok", database="ok")
+
+
+def _dashboard() -> FileResponse:
+    return FileResponse(STATIC / "index.html")
+
+
+async def _spec_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SpecError)
+    detail = [
+        {"loc": ["body", *name.split(".")], "msg": f"{name}: {message}", "type": "value_error"}
+        for name, message in exc.problems
+    ]
+    return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    # FastAPI's own shape, with the field also named in each message ("student.train.epochs: ...").
+    assert isinstance(exc, RequestValidationError)
+    detail = []
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ())]
+        name = join_field(*loc[1:]) if loc[:1] in (["body"], ["query"], ["path"]) else ""
+        name = name or join_field(*loc)
+        detail.append({"loc": loc, "msg": f"{name}: {error['msg']}", "type": error["type"]})
+    return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit with 413: uploads to ``/api/predict`` up to
+    ``max_upload_bytes``, everything else up to ``max_json_bytes``.
+
+    A declared Content-Length is checked before anything is read; a body without one is counted as
+    it arrives, so an oversized upload is never read whole.
+    """
+
+    def __init__(self, app, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == "/api/predict":
+            limit = self.settings.max_upload_bytes + MULTIPART_OVERHEAD
+        else:
+            limit = self.settings.max_json_bytes
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            response = JSONResponse(
+                {"detail": f"request body over {limit} bytes"},
+                status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+            )
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                # FastAPI passes an HTTPException raised while reading the body on unchanged.
+                raise HTTPException(
+                    status.HTTP_413_CONTENT_TOO_LARGE, f"request body over {limit} bytes"
+                )
+            return message
+
+        await self.app(scope, counting_receive, send)

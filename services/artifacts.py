@@ -1,0 +1,156 @@
+"""Reading what the jobs leave behind: per-epoch metrics, checkpoints and label stores.
+
+The service never imports the jobs; it learns how a stage is doing from these files alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import SelfTrainError
+
+# Overlays on the dashboard are shrunk to this width; a page of full-size Cityscapes frames is slow.
+OVERLAY_MAX_WIDTH = 640
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The epoch records of a training job's ``metrics.jsonl`` (empty while there is none).
+
+    A last line that is still being written (not valid JSON yet) is skipped.
+    """
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    records = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def train_progress(metrics: list[dict], epochs: int) -> dict:
+    """Progress of a training job from its epoch records: epochs done out of ``epochs``."""
+    done = max((int(r.get("epoch", -1)) + 1 for r in metrics), default=0)
+    done = min(done, epochs)
+    return {"done": done, "total": epochs, "unit": "epochs", "fraction": done / epochs}
+
+
+def existing_checkpoint(planned: str) -> Path | None:
+    """The checkpoint a training stage left: ``best.pt`` as planned, else ``last.pt`` beside it."""
+    path = Path(planned)
+    if path.is_file():
+        return path
+    last = path.with_name("last.pt")
+    if path.name == "best.pt" and last.is_file():
+        return last
+    return None
+
+
+def store_summary(store: str) -> dict | None:
+    """``core.store.store_info`` of a label store plus its class names and colors and when it was
+    taken; None while the store does not exist or cannot be read yet (a label job is creating it).
+
+    This reads every labeled image's class counts: call it now and then, not on every poll.
+    """
+    from core.store import LabelStore, store_info
+
+    if not Path(store).is_dir():
+        return None
+    try:
+        info = store_info(store)
+        space = LabelStore.open(store, read_only=True).label_space
+    except (SelfTrainError, OSError, KeyError, ValueError):
+        return None
+    summary = _jsonable(info)
+    summary["class_names"] = list(space.names)
+    summary["class_colors"] = [list(c) for c in space.colors]
+    summary["summarized_at"] = time.time()
+    return summary
+
+
+def store_progress(store: str) -> dict | None:
+    """Progress of a label job from the record its driver keeps in the store (cheap to read):
+    images labeled or failed out of all; None before the job published any."""
+    from core.store import LabelStore
+
+    if not Path(store).is_dir():
+        return None
+    try:
+        record = LabelStore.open(store, read_only=True).progress
+    except (SelfTrainError, OSError, KeyError, ValueError):
+        return None
+    if not record:
+        return None
+    total = int(record.get("total", 0))
+    done = int(record.get("done", 0)) + int(record.get("failed", 0))
+    return {
+        "done": done,
+        "total": total,
+        "unit": "images",
+        "fraction": done / total if total else 0.0,
+        "images_per_s": float(record.get("images_per_s") or 0.0),
+    }
+
+
+def overlay(
+    image: np.ndarray, label: np.ndarray, colors: np.ndarray, alpha: float = 0.5
+) -> np.ndarray:
+    """``image`` with the classes of ``label`` painted over it; ignored pixels keep the image.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        label: (H, W) uint8 train ids (255 = ignore).
+        colors: (256, 3) uint8 palette (``LabelSpace.palette()``).
+        alpha: Weight of the class color.
+    """
+    painted = colors[label].astype(np.float32)
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * painted
+    known = (label != 255)[..., None]
+    return np.where(known, blended, image).round().astype(np.uint8)
+
+
+def shrink(image: np.ndarray, max_width: int = OVERLAY_MAX_WIDTH) -> np.ndarray:
+    """``image`` scaled down (nearest, so label colors stay exact) to at most ``max_width`` wide."""
+    import cv2
+
+    height, width = image.shape[:2]
+    if width <= max_width:
+        return image
+    size = (max_width, max(1, round(height * max_width / width)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_NEAREST)
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes of a (H, W) gray or (H, W, 3) RGB uint8 array."""
+    import cv2
+
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, data = cv2.imencode(".png", array)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return data.tobytes()
+
+
+def _jsonable(value):
+    """Turn numpy scalars/arrays inside dicts and lists into plain Python values."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

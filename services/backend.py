@@ -1,0 +1,147 @@
+"""Where stage jobs run: a Ray cluster, reached through Ray's job submission API.
+
+The orchestrator talks to a ``JobBackend``; ``RayJobBackend`` is the real one. Submission ids are
+chosen by the caller (deterministic per stage), so asking for a job before submitting it makes a
+submit safe to retry after a crash.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+# Paths of the repository that the jobs do not need; Ray zips the rest as the jobs' working dir.
+WORKING_DIR_EXCLUDES = [
+    ".git",
+    ".venv",
+    "**/__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    "*.egg-info",
+    "docs",
+    "tests",
+    "benchmarks",
+    "runs",
+    "workdir",
+    "selftrain-runs",
+    "*.pt",
+    "*.zarr",
+]
+
+
+class ClusterUnavailableError(RuntimeError):
+    """The cluster cannot be reached or answered with an error; the caller tries again later."""
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What the cluster says about a job.
+
+    Attributes:
+        status: One of Ray's statuses (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED).
+        message: Ray's message (the error, for a failed job).
+        start_time: Seconds since the epoch, or None before the job started.
+        end_time: Seconds since the epoch, or None while it runs.
+    """
+
+    status: str
+    message: str | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+
+
+class JobBackend(Protocol):
+    def info(self, submission_id: str) -> JobInfo | None:
+        """The job's state, or None when the cluster does not know the id."""
+        ...
+
+    def submit(self, submission_id: str, entrypoint: str, metadata: dict[str, str]) -> None:
+        """Start a job under ``submission_id`` (an id that exists already is left as it is)."""
+        ...
+
+    def stop(self, submission_id: str) -> None:
+        """Ask the cluster to stop the job."""
+        ...
+
+    def logs(self, submission_id: str) -> str:
+        """The job's driver log so far."""
+        ...
+
+
+class RayJobBackend:
+    """Jobs on a Ray cluster via ``ray.job_submission.JobSubmissionClient``.
+
+    Args:
+        address: The cluster's dashboard address, e.g. ``http://127.0.0.1:8265``.
+        working_dir: Shipped to the cluster as each job's working directory (the repository root).
+    """
+
+    def __init__(self, address: str, working_dir: Path) -> None:
+        self.address = address
+        self.working_dir = working_dir
+        self._client = None
+        self._lock = threading.Lock()
+
+    def _jobs(self):
+        from ray.job_submission import JobSubmissionClient
+
+        with self._lock:
+            if self._client is None:
+                try:
+                    self._client = JobSubmissionClient(self.address)
+                except (OSError, RuntimeError) as exc:  # requests' errors are OSErrors
+                    raise ClusterUnavailableError(f"Ray at {self.address}: {exc}") from exc
+            return self._client
+
+    def _unavailable(self, what: str, exc: Exception) -> ClusterUnavailableError:
+        # A broken connection can leave the client unusable; connect afresh on the next call.
+        with self._lock:
+            self._client = None
+        return ClusterUnavailableError(f"Ray at {self.address}: {what}: {exc}")
+
+    def info(self, submission_id: str) -> JobInfo | None:
+        try:
+            details = self._jobs().get_job_info(submission_id)
+        except (OSError, RuntimeError) as exc:
+            if "status code 404" in str(exc):
+                return None
+            raise self._unavailable(f"job {submission_id}", exc) from exc
+        return JobInfo(
+            status=str(getattr(details.status, "value", details.status)),
+            message=details.message,
+            start_time=_seconds(details.start_time),
+            end_time=_seconds(details.end_time),
+        )
+
+    def submit(self, submission_id: str, entrypoint: str, metadata: dict[str, str]) -> None:
+        runtime_env = {"working_dir": str(self.working_dir), "excludes": WORKING_DIR_EXCLUDES}
+        try:
+            self._jobs().submit_job(
+                entrypoint=entrypoint,
+                submission_id=submission_id,
+                runtime_env=runtime_env,
+                metadata=metadata,
+            )
+        except (OSError, RuntimeError) as exc:
+            # Another submit with this id got there first: the job exists, which is all we want.
+            if "already exists" in str(exc):
+                return
+            raise self._unavailable(f"submit {submission_id}", exc) from exc
+
+    def stop(self, submission_id: str) -> None:
+        try:
+            self._jobs().stop_job(submission_id)
+        except (OSError, RuntimeError) as exc:
+            raise self._unavailable(f"stop {submission_id}", exc) from exc
+
+    def logs(self, submission_id: str) -> str:
+        try:
+            return self._jobs().get_job_logs(submission_id)
+        except (OSError, RuntimeError) as exc:
+            raise self._unavailable(f"logs of {submission_id}", exc) from exc
+
+
+def _seconds(milliseconds: int | None) -> float | None:
+    return None if milliseconds is None else milliseconds / 1000.0

@@ -1,0 +1,200 @@
+"""Checks of a run spec that need the file system: paths inside the data roots, datasets that exist
+and hold images, crops that fit them, models and artifacts that exist.
+
+Every problem names the spec field (``teacher.train.labeled.root``) so the client can fix it; the
+API turns a ``SpecError`` into a 422.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from core.configs import DataSource
+from core.errors import SelfTrainError
+from services.spec import RunSpec, SpecError, TrainOptions, TrainStage
+
+
+def resolve_path(value: str, roots: Sequence[Path], field: str) -> str:
+    """The absolute, symlink-free form of ``value`` if it lies inside one of ``roots``.
+
+    Relative paths are taken relative to the first root. ``..`` is refused outright (even where it
+    would stay inside), and so is a symlink that leads out of the roots.
+
+    Raises:
+        SpecError: The path is outside the roots or uses ``..``.
+    """
+    if "\0" in value:
+        raise SpecError([(field, f"{value!r} must not contain a NUL character")])
+    path = Path(value).expanduser()
+    if ".." in path.parts:
+        raise SpecError([(field, f"{value!r} must not contain '..'")])
+    if not path.is_absolute():
+        path = roots[0] / path
+    try:
+        real = path.resolve()
+        real.exists()  # raises for names the OS cannot hold (too long)
+    except OSError as exc:
+        raise SpecError([(field, f"{value!r} is not a usable path ({exc.strerror})")]) from exc
+    if not any(real == root or root in real.parents for root in roots):
+        shown = ", ".join(str(r) for r in roots)
+        raise SpecError([(field, f"{value!r} is outside the allowed folders ({shown})")])
+    return str(real)
+
+
+def resolve_spec_paths(spec: RunSpec, roots: Sequence[Path]) -> RunSpec:
+    """A copy of ``spec`` with every path resolved inside ``roots`` (see ``resolve_path``).
+
+    Raises:
+        SpecError: Listing every path that is refused.
+    """
+    data = spec.model_dump(exclude_unset=True)
+    problems: list[tuple[str, str]] = []
+
+    def fix(container: dict | list, key: str | int, field: str) -> None:
+        value = container[key]  # type: ignore[index]
+        if value is None:
+            return
+        try:
+            container[key] = resolve_path(value, roots, field)  # type: ignore[index]
+        except SpecError as exc:
+            problems.extend(exc.problems)
+
+    if "output" in data:
+        fix(data, "output", "output")
+    for name in ("teacher", "student", "finetune"):
+        stage = data.get(name)
+        if not stage:
+            continue
+        if "checkpoint" in stage:
+            fix(stage, "checkpoint", f"{name}.checkpoint")
+        train = stage.get("train") or {}
+        for key in ("labeled", "val"):
+            if train.get(key):
+                _fix_source(fix, train[key], f"{name}.train.{key}")
+        if "init_checkpoint" in train:
+            fix(train, "init_checkpoint", f"{name}.train.init_checkpoint")
+        options = train.get("model_options") or {}
+        if isinstance(options.get("backbone_weights"), str):
+            fix(options, "backbone_weights", f"{name}.train.model_options.backbone_weights")
+    label = data["label"]
+    for i, source in enumerate(label.get("sources", [])):
+        _fix_source(fix, source, f"label.sources.{i}")
+    for i in range(len(label.get("stores", []))):
+        fix(label["stores"], i, f"label.stores.{i}")
+    if problems:
+        raise SpecError(problems)
+    return RunSpec.model_validate(data)
+
+
+def _fix_source(fix, source: dict, field: str) -> None:
+    fix(source, "root", f"{field}.root")
+    if source.get("subset_list"):
+        # A relative list is read from the dataset root (as core.datasets.open_source does).
+        if not Path(source["subset_list"]).is_absolute():
+            source["subset_list"] = str(Path(source["root"]) / source["subset_list"])
+        fix(source, "subset_list", f"{field}.subset_list")
+
+
+def check_spec_data(spec: RunSpec) -> None:
+    """Check what a run needs exists: datasets with images, crops that fit them, known models,
+    given checkpoints and stores. Paths must be resolved already.
+
+    Raises:
+        SpecError: Listing every problem found.
+    """
+    problems: list[tuple[str, str]] = []
+    for name in ("teacher", "student", "finetune"):
+        stage: TrainStage | None = getattr(spec, name)
+        if stage is None:
+            continue
+        if stage.checkpoint is not None and not Path(stage.checkpoint).is_file():
+            problems.append((f"{name}.checkpoint", f"{stage.checkpoint} does not exist"))
+        if stage.train is not None:
+            problems += _check_train(stage.train, f"{name}.train")
+    for i, source in enumerate(spec.label.sources):
+        problems += _check_source(source, f"label.sources.{i}")[1]
+    for i, store in enumerate(spec.label.stores):
+        problems += _check_store(store, f"label.stores.{i}")
+    if problems:
+        raise SpecError(problems)
+
+
+def _check_train(train: TrainOptions, field: str) -> list[tuple[str, str]]:
+    from core.models import list_models
+
+    problems: list[tuple[str, str]] = []
+    known = list_models()
+    if train.model not in known:
+        problems.append(
+            (f"{field}.model", f"unknown model {train.model!r}; known: {', '.join(sorted(known))}")
+        )
+    if train.init_checkpoint is not None and not Path(train.init_checkpoint).is_file():
+        problems.append((f"{field}.init_checkpoint", f"{train.init_checkpoint} does not exist"))
+    image_hw, found = _check_source(train.labeled, f"{field}.labeled")
+    problems += found
+    if train.val is not None:
+        problems += _check_source(train.val, f"{field}.val")[1]
+    if image_hw is not None:
+        problems += _check_crops(
+            train.schedule.crop_sizes, image_hw, f"{field}.schedule.crop_sizes"
+        )
+    return problems
+
+
+def _check_source(
+    source: DataSource, field: str
+) -> tuple[tuple[int, int] | None, list[tuple[str, str]]]:
+    """(size of the first image, problems) of a dataset; the size is None when it cannot be read."""
+    from core.datasets import open_source
+    from core.io import read_image
+
+    if not Path(source.root).is_dir():
+        return None, [(f"{field}.root", f"{source.root} does not exist or is not a folder")]
+    if source.subset_list is not None and not Path(source.subset_list).is_file():
+        return None, [(f"{field}.subset_list", f"{source.subset_list} does not exist")]
+    try:
+        dataset = open_source(source)
+        if len(dataset) == 0:
+            return None, [(field, f"no images in {source.root}")]
+        image = read_image(dataset.items[0][0])
+    except SelfTrainError as exc:
+        return None, [(field, str(exc))]
+    return (int(image.shape[0]), int(image.shape[1])), []
+
+
+def _check_crops(
+    crop_sizes: list[int], image_hw: tuple[int, int], field: str
+) -> list[tuple[str, str]]:
+    # The training job crops squares of these sides from the (randomly scaled) images and pads
+    # what is missing; a crop beyond the images' short side is mostly padding, surely a mistake.
+    height, width = image_hw
+    too_big = [size for size in crop_sizes if size > min(image_hw)]
+    if not too_big:
+        return []
+    return [(field, f"crop {max(too_big)} is larger than the images ({height}x{width})")]
+
+
+def _check_store(store: str, field: str) -> list[tuple[str, str]]:
+    from core.store import store_info
+
+    if not Path(store).is_dir():
+        return [(field, f"{store} does not exist")]
+    try:
+        store_info(store)
+    except SelfTrainError as exc:
+        return [(field, str(exc))]
+    return []
+
+
+def check_readable_path(value: str, roots: Sequence[Path], field: str) -> Path:
+    """A path a request names to read (e.g. a checkpoint to predict with), resolved inside ``roots``
+    and existing as a file.
+
+    Raises:
+        SpecError: Outside the roots, or not a file.
+    """
+    path = Path(resolve_path(value, roots, field))
+    if not path.is_file():
+        raise SpecError([(field, f"{value} does not exist")])
+    return path

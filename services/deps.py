@@ -1,0 +1,52 @@
+"""What the routes depend on: the service's parts, and the bearer token check."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from services.backend import JobBackend
+from services.db import Database
+from services.orchestrator import Orchestrator
+from services.predict import ModelCache
+from services.settings import Settings
+
+
+@dataclass
+class Service:
+    """The parts of a running service, kept on ``app.state.service``."""
+
+    settings: Settings
+    db: Database
+    backend: JobBackend
+    orchestrator: Orchestrator
+    models: ModelCache = field(default_factory=ModelCache)
+
+
+def get_service(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+# auto_error=False: a missing header is our 401 (with the scheme named), not FastAPI's default.
+_bearer = HTTPBearer(auto_error=False, description="SELFTRAIN_API_TOKEN")
+
+
+def require_token(
+    service: ServiceDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """401 unless the request carries ``Authorization: Bearer <SELFTRAIN_API_TOKEN>``."""
+    expected = service.settings.api_token.get_secret_value().encode()
+    given = (credentials.credentials if credentials is not None else "").encode()
+    if credentials is None or not secrets.compare_digest(given, expected):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or wrong bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

@@ -1,0 +1,73 @@
+"""Service settings, read from the environment with the prefix ``SELFTRAIN_``.
+
+``SELFTRAIN_API_TOKEN`` has no default: a control plane that starts Ray jobs on request must not
+come up open by accident. Lists such as ``SELFTRAIN_DATA_ROOTS`` are JSON (``'["/data"]'``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment.
+
+    Attributes:
+        api_token: The bearer token every ``/api`` route except health requires.
+        ray_address: The Ray dashboard (job server) address the jobs are submitted to.
+        database_url: SQLAlchemy URL; defaults to a SQLite file in ``workdir``.
+        data_roots: Folders that dataset, checkpoint, store and output paths must lie in.
+        workdir: Where the service writes stage configs and, unless a spec names an output, outputs.
+            The Ray cluster must see it at the same path (a shared volume).
+        repo_dir: The repository shipped to Ray as the jobs' working directory.
+        job_python: The interpreter named in the jobs' entry points.
+        poll_interval_s: How often the orchestrator polls Ray and the SSE streams poll the database.
+        max_upload_bytes: Largest image accepted by ``/api/predict`` (larger: 413).
+        max_image_pixels: Largest decoded image (height x width) to predict on (larger: 413).
+        max_json_bytes: Largest JSON request body (a run spec).
+        predict_device: Torch device for prediction.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SELFTRAIN_", extra="ignore")
+
+    api_token: SecretStr = Field(min_length=1)
+    ray_address: str = "http://127.0.0.1:8265"
+    database_url: str | None = None
+    data_roots: list[Path] = Field(default_factory=lambda: [Path.cwd()])
+    workdir: Path = Path("selftrain-runs")
+    repo_dir: Path = REPO_DIR
+    job_python: str = "python"
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    max_upload_bytes: int = Field(default=20 * 2**20, gt=0)
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
+    max_json_bytes: int = Field(default=2**20, gt=0)
+    predict_device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Settings:
+        # Absolute, symlink-free roots: path checks compare resolved paths against these.
+        self.data_roots = [root.expanduser().resolve() for root in self.data_roots]
+        self.workdir = self.workdir.expanduser().resolve()
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.workdir / 'service.db'}"
+        if not self.data_roots:
+            raise ValueError("data_roots: give at least one folder")
+        return self
+
+    @property
+    def allowed_roots(self) -> list[Path]:
+        """Where a run spec's paths may point: the data roots, and the workdir (so a run can start
+        from a checkpoint or store an earlier run left there)."""
+        return [*self.data_roots, self.workdir]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The settings of this process, read once from the environment."""
+    return Settings()  # type: ignore[call-arg]  # api_token comes from the environment

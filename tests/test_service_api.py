@@ -1,0 +1,252 @@
+"""The REST API and the orchestrator against a job backend in memory (no Ray): auth, validation,
+stage order, no double submission, failure, cancel, logs, events, body limits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from test_service_helpers import (
+    AUTH,
+    FakeBackend,
+    SucceedingBackend,
+    fake_job_outputs,
+    make_settings,
+    small_run_spec,
+    write_scenes,
+)
+
+from services.app import create_app
+from services.orchestrator import Orchestrator
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("svc")
+    data = root / "data"
+    write_scenes(data / "labeled", n=2)
+    write_scenes(data / "unlabeled", n=2, split="extra")
+    return root
+
+
+def _client(root: Path, backend, orchestrate: bool = False, **settings) -> TestClient:
+    app = create_app(make_settings(root, **settings), backend, orchestrate=orchestrate)
+    return TestClient(app)
+
+
+def _spec(root: Path, **extra) -> dict:
+    spec = small_run_spec(root / "data", **extra)
+    spec["label"]["sources"][0]["root"] = str(root / "data" / "unlabeled" / "leftImg8bit")
+    return spec
+
+
+@pytest.fixture
+def setup(data_root, tmp_path):
+    # Each test gets its own database and workdir, sharing the (read-only) scenes.
+    backend = FakeBackend()
+    work = {"workdir": tmp_path / "work", "database_url": f"sqlite:///{tmp_path}/db.sqlite"}
+    with _client(data_root, backend, **work) as client:
+        yield client, backend, client.app.state.service
+
+
+def test_health_is_open_and_everything_else_needs_the_token(setup):
+    client, _, _ = setup
+    assert client.get("/api/health").json() == {"status": "ok", "database": "ok"}
+    assert client.get("/api/runs").status_code == 401
+    wrong = client.get("/api/runs", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert client.post("/api/predict").status_code == 401
+    assert client.get("/api/runs", headers=AUTH).json() == []
+
+
+def test_a_run_moves_through_its_stages_and_each_is_submitted_once(setup, data_root):
+    client, backend, service = setup
+    created = client.post("/api/runs", json=_spec(data_root), headers=AUTH)
+    assert created.status_code == 201, created.text
+    run_id = created.json()["id"]
+    assert created.json()["stages"] == ["teacher", "label-0", "student"]
+
+    step = service.orchestrator.step
+    step()
+    step()
+    teacher_id = f"selftrain-{run_id}-0-teacher"
+    assert backend.submits == [teacher_id]
+    entrypoint = backend.jobs[teacher_id]["entrypoint"]
+    assert entrypoint.startswith("python jobs/teacher.py --config ")
+    assert entrypoint.endswith(f"/{run_id}/configs/00-teacher.yaml")
+
+    # A restarted service (a new orchestrator on the same database) does not submit again.
+    Orchestrator(service.db, backend, service.settings).step()
+    assert backend.submits == [teacher_id]
+
+    backend.set(teacher_id, "RUNNING", "Job is currently running.")
+    step()
+    run = client.get(f"/api/runs/{run_id}", headers=AUTH).json()
+    assert run["status"] == "RUNNING"
+    assert [s["status"] for s in run["stages"]] == ["RUNNING", "PENDING", "PENDING"]
+    assert run["stages"][0]["submission_id"] == teacher_id
+
+    fake_job_outputs(entrypoint)
+    backend.set(teacher_id, "SUCCEEDED", "Job finished successfully.")
+    step()
+    label_id = f"selftrain-{run_id}-1-label-0"
+    assert backend.submits == [teacher_id, label_id]
+    run = client.get(f"/api/runs/{run_id}", headers=AUTH).json()
+    teacher = run["stages"][0]
+    assert teacher["status"] == "SUCCEEDED"
+    assert teacher["progress"] == {"done": 2, "total": 2, "unit": "epochs", "fraction": 1.0}
+    assert teacher["latest_metrics"]["val_miou"] == 0.2 and len(teacher["metrics"]) == 2
+    label_config = run["stages"][1]["config"]
+    assert label_config["teacher_checkpoint"] == teacher["outputs"]["checkpoint"]
+
+    for sid in (label_id, f"selftrain-{run_id}-2-student"):
+        fake_job_outputs(backend.jobs[sid]["entrypoint"])
+        backend.set(sid, "SUCCEEDED", "Job finished successfully.")
+        step()
+    run = client.get(f"/api/runs/{run_id}", headers=AUTH).json()
+    assert run["status"] == "SUCCEEDED" and run["ended_at"] is not None
+    assert len(backend.submits) == 3
+    label = run["stages"][1]
+    assert label["progress"] == {
+        "done": 2,
+        "total": 2,
+        "unit": "images",
+        "fraction": 1.0,
+        "images_per_s": 12.5,
+    }
+    assert label["summary"]["class_names"][0] == "road"
+    # write_store labels half of each image road and half sky, the top row ignored.
+    pixels = label["summary"]["pixels_per_class"]
+    assert pixels["road"] == pixels["sky"] == 2 * 63 * 64
+    assert Path(run["stages"][2]["outputs"]["checkpoint"]).is_file()
+
+
+def test_a_failed_stage_fails_the_run_and_keeps_its_error_and_logs(setup, data_root):
+    client, backend, service = setup
+    run_id = client.post("/api/runs", json=_spec(data_root), headers=AUTH).json()["id"]
+    service.orchestrator.step()
+    sid = f"selftrain-{run_id}-0-teacher"
+    backend.set(
+        sid, "FAILED", "Job entrypoint command failed with exit code 1", "Traceback: boom\n"
+    )
+    service.orchestrator.step()
+    run = client.get(f"/api/runs/{run_id}", headers=AUTH).json()
+    assert run["status"] == "FAILED"
+    assert run["error"] == "stage teacher: Job entrypoint command failed with exit code 1"
+    assert [s["status"] for s in run["stages"]] == ["FAILED", "PENDING", "PENDING"]
+    logs = client.get(f"/api/runs/{run_id}/stages/teacher/logs", headers=AUTH)
+    assert logs.status_code == 200 and logs.text.endswith("Traceback: boom\n")
+    service.orchestrator.step()
+    assert backend.submits == [sid]  # a failed run is not retried
+
+
+def test_cancel_stops_the_ray_job(setup, data_root):
+    client, backend, service = setup
+    run_id = client.post("/api/runs", json=_spec(data_root), headers=AUTH).json()["id"]
+    service.orchestrator.step()
+    sid = f"selftrain-{run_id}-0-teacher"
+    backend.set(sid, "RUNNING")
+    backend.down = True
+    assert client.post(f"/api/runs/{run_id}/cancel", headers=AUTH).status_code == 503
+    service.orchestrator.step()  # the cluster being down leaves the run as it is
+    assert client.get(f"/api/runs/{run_id}", headers=AUTH).json()["status"] == "RUNNING"
+    backend.down = False
+    cancelled = client.post(f"/api/runs/{run_id}/cancel", headers=AUTH)
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "STOPPED"
+    assert cancelled.json()["stages"][0]["status"] == "STOPPED"
+    assert backend.stops == [sid]
+    service.orchestrator.step()
+    assert backend.submits == [sid]
+    assert client.post("/api/runs/nope/cancel", headers=AUTH).status_code == 404
+
+
+def _problems(response) -> str:
+    assert response.status_code == 422, response.text
+    return " | ".join(d["msg"] for d in response.json()["detail"])
+
+
+def test_bad_specs_get_422_naming_the_field(setup, data_root):
+    client, _, _ = setup
+    spec = _spec(data_root)
+    data = data_root / "data"
+
+    def post(change) -> str:
+        body = json.loads(json.dumps(spec))
+        change(body)
+        return _problems(client.post("/api/runs", json=body, headers=AUTH))
+
+    def model(b):
+        b["teacher"]["train"]["model"] = "resnet9000"
+
+    def ratio(b):
+        b["student"]["train"]["real_pseudo_ratio"] = 0
+
+    def missing(b):
+        b["teacher"]["train"]["labeled"]["root"] = str(data / "nothing-here")
+
+    def crop(b):
+        b["student"]["train"]["schedule"]["crop_sizes"] = [32, 100]
+
+    def outside(b):
+        b["label"]["sources"][0]["root"] = "/etc"
+
+    def dotdot(b):
+        b["teacher"]["train"]["labeled"]["root"] = str(data / "labeled" / ".." / "labeled")
+
+    assert "teacher.train.model: unknown model 'resnet9000'" in post(model)
+    assert "student.train.real_pseudo_ratio: Input should be greater than 0" in post(ratio)
+    assert "teacher.train.labeled.root: " in post(missing)
+    assert "does not exist" in post(missing)
+    assert "student.train.schedule.crop_sizes: crop 100 is larger than the images (64x128)" in (
+        post(crop)
+    )
+    assert "label.sources.0.root: '/etc' is outside the allowed folders" in post(outside)
+    assert "teacher.train.labeled.root: " in post(dotdot) and "'..'" in post(dotdot)
+    assert client.get("/api/runs", headers=AUTH).json() == []
+
+
+def test_oversized_json_body_is_413(data_root, tmp_path):
+    with _client(data_root, FakeBackend(), workdir=tmp_path, max_json_bytes=1000) as client:
+        big = {"name": "x" * 2000}
+        assert client.post("/api/runs", json=big, headers=AUTH).status_code == 413
+        # Without a Content-Length (chunked), the body is counted as it arrives.
+        chunks = iter([b'{"name": "' + b"x" * 600, b"x" * 600 + b'"}'])
+        headers = {**AUTH, "Content-Type": "application/json"}
+        response = client.post("/api/runs", content=chunks, headers=headers)
+        assert response.status_code == 413, response.text
+
+
+def test_run_finishes_by_itself_and_the_event_stream_follows_it(data_root, tmp_path):
+    # The poll loop runs; every job succeeds as soon as it is submitted.
+    backend = SucceedingBackend()
+    with _client(data_root, backend, orchestrate=True, workdir=tmp_path) as client:
+        run_id = client.post("/api/runs", json=_spec(data_root), headers=AUTH).json()["id"]
+        events = []
+        with client.stream("GET", f"/api/runs/{run_id}/events", headers=AUTH) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[len("data: ") :]))
+        # The stream ends by itself once the run has ended.
+        assert events[-1]["status"] == "SUCCEEDED"
+        versions = [e["version"] for e in events]
+        assert versions == sorted(set(versions))
+        assert [s["status"] for s in events[-1]["stages"]] == ["SUCCEEDED"] * 3
+        assert len(backend.submits) == 3
+
+        samples = client.get(f"/api/runs/{run_id}/stages/label-0/pseudo-labels", headers=AUTH)
+        assert samples.json()["n_done"] == 2 and samples.json()["indices"] == [0, 1]
+        picture = client.get(f"/api/runs/{run_id}/stages/label-0/pseudo-labels/1", headers=AUTH)
+        assert picture.headers["content-type"] == "image/png"
+        from core.io import decode_image
+
+        overlay = decode_image(picture.content)
+        assert overlay.shape == (64, 128, 3)
+        # Right half painted sky (70, 130, 180) at alpha 0.5 over the image: bluish.
+        assert overlay[32, 100, 2] > overlay[32, 100, 0]
+        missing = client.get(f"/api/runs/{run_id}/stages/teacher/pseudo-labels/0", headers=AUTH)
+        assert missing.status_code == 404
+        assert client.get("/api/runs/nope/events", headers=AUTH).status_code == 404

@@ -1,0 +1,88 @@
+"""``POST /api/predict`` with a real checkpoint of the "small" model: label PNG, overlay, shares,
+the model cache, and the 400 / 409 / 413 / 422 answers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from test_service_helpers import AUTH, FakeBackend, make_settings, write_checkpoint
+
+from core.io import decode_image
+from services.app import create_app
+from services.artifacts import encode_png
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    settings = make_settings(root, max_upload_bytes=200_000, max_image_pixels=300 * 300)
+    checkpoint = write_checkpoint(settings.data_roots[0] / "models" / "small.pt")
+    with TestClient(create_app(settings, FakeBackend(), orchestrate=False)) as client:
+        yield client, str(checkpoint)
+
+
+def _image(height: int = 40, width: int = 72) -> bytes:
+    rng = np.random.default_rng(0)
+    return encode_png(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def _predict(client, data: bytes, name: str = "x.png", **form):
+    return client.post("/api/predict", files={"image": (name, data)}, data=form, headers=AUTH)
+
+
+def test_label_png_has_the_image_size_and_the_model_is_loaded_once(env):
+    client, checkpoint = env
+    models = client.app.state.service.models
+    loads = models.loads
+    response = _predict(client, _image(), checkpoint=checkpoint)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    label = decode_image(response.content)  # gray PNG read back as RGB: all channels equal
+    assert label.shape == (40, 72, 3)
+    assert (label < 19).all()
+    assert _predict(client, _image(), checkpoint=checkpoint).content == response.content
+    assert models.loads == loads + 1
+
+
+def test_overlay_and_shares(env):
+    client, checkpoint = env
+    overlay = _predict(client, _image(33, 50), checkpoint=checkpoint, output="overlay")
+    assert overlay.status_code == 200 and decode_image(overlay.content).shape == (33, 50, 3)
+    shares = _predict(client, _image(33, 50), checkpoint=checkpoint, output="shares")
+    assert shares.headers["content-type"] == "application/json"
+    body = json.loads(shares.content)
+    assert (body["height"], body["width"]) == (33, 50)
+    assert [c["name"] for c in body["classes"]][:3] == ["road", "sidewalk", "building"]
+    assert sum(c["share"] for c in body["classes"]) == pytest.approx(1.0)
+
+
+def test_bad_uploads_and_requests(env):
+    client, checkpoint = env
+    corrupt = _predict(client, b"\x89PNG\r\n\x1a\n truncated", checkpoint=checkpoint)
+    assert corrupt.status_code == 400 and "x.png" in corrupt.json()["detail"]
+    assert _predict(client, b"", checkpoint=checkpoint).status_code == 400
+    # Over the limit plus room for the multipart framing: refused before the body is read.
+    assert _predict(client, b"\0" * 300_000, checkpoint=checkpoint).status_code == 413
+    # Within the framing room but over the limit itself: refused by the endpoint.
+    assert _predict(client, b"\0" * 210_000, checkpoint=checkpoint).status_code == 413
+    too_many_pixels = _predict(client, _image(301, 300), checkpoint=checkpoint)
+    assert too_many_pixels.status_code == 413
+    assert _predict(client, _image()).status_code == 422  # neither run_id nor checkpoint
+    outside = _predict(client, _image(), checkpoint="/etc/passwd")
+    assert outside.status_code == 422 and "checkpoint: " in outside.text
+    not_a_model = _predict(client, _image(), checkpoint=__file__)
+    assert not_a_model.status_code == 422
+    assert _predict(client, _image(), run_id="nope").status_code == 404
+
+
+def test_predict_with_a_run_that_has_no_model_yet_is_409(env, tmp_path):
+    client, _ = env
+    service = client.app.state.service
+    from services.db import Run
+
+    with service.db.session() as session:
+        session.add(Run(id="fresh", name="fresh", spec={}, output=str(tmp_path)))
+    assert _predict(client, _image(), run_id="fresh").status_code == 409

@@ -1,0 +1,133 @@
+"""The run spec and its plan: which stages, in which order, connected by which paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from services.checks import resolve_path
+from services.spec import RunSpec, SpecError, plan_stages
+
+OUT = Path("/data/out")
+LABELED = {"format": "cityscapes", "root": "/data/cs"}
+TRAIN = {"labeled": LABELED, "epochs": 2, "schedule": {"crop_sizes": [32]}}
+
+
+def _spec(**changes) -> RunSpec:
+    values = {
+        "name": "r",
+        "teacher": {"train": TRAIN},
+        "label": {"sources": [{"format": "folder", "root": "/data/a"}]},
+        "student": {"train": TRAIN},
+        **changes,
+    }
+    return RunSpec.model_validate(values)
+
+
+def test_plain_run_is_teacher_label_student_connected_by_paths():
+    stages = plan_stages(_spec(), OUT)
+    assert [(s.name, s.kind, s.script) for s in stages] == [
+        ("teacher", "teacher", "teacher"),
+        ("label-0", "label", "label"),
+        ("student", "student", "student"),
+    ]
+    teacher, label, student = stages
+    assert teacher.config["run_name"] == "teacher" and teacher.config["role"] == "teacher"
+    assert teacher.config["storage_path"] == "/data/out"
+    assert teacher.outputs == {"checkpoint": "/data/out/teacher/best.pt"}
+    assert label.config["teacher_checkpoint"] == "/data/out/teacher/best.pt"
+    assert label.config["store"] == "/data/out/stores/label-0.zarr"
+    assert student.config["pseudo"] == [
+        {"store": "/data/out/stores/label-0.zarr", "confidence_threshold": 0.0}
+    ]
+    assert student.config["role"] == "student" and student.config["mode"] == "joint"
+
+
+def test_given_artifacts_replace_stages_and_finetune_and_loops_chain_models():
+    spec = _spec(
+        teacher={"checkpoint": "/data/t.pt"},
+        label={
+            "sources": [{"format": "folder", "root": "/data/a"}],
+            "stores": ["/data/old.zarr"],
+            "confidence_threshold": 0.5,
+        },
+        finetune={"train": {**TRAIN, "labeled": {**LABELED, "n_shot": 2}}},
+        loops=1,
+    )
+    stages = plan_stages(spec, OUT)
+    assert [s.name for s in stages] == [
+        "teacher",
+        "store-0",
+        "label-0",
+        "student",
+        "finetune",
+        "loop1-label-0",
+        "loop1-student",
+        "loop1-finetune",
+    ]
+    by_name = {s.name: s for s in stages}
+    assert by_name["teacher"].given and by_name["teacher"].config is None
+    assert by_name["label-0"].config["teacher_checkpoint"] == "/data/t.pt"
+    stores = [p["store"] for p in by_name["student"].config["pseudo"]]
+    assert stores == ["/data/old.zarr", "/data/out/stores/label-0.zarr"]
+    assert by_name["finetune"].config["mode"] == "finetune"
+    assert by_name["finetune"].config["init_checkpoint"] == "/data/out/student/best.pt"
+    # The next round is labeled by the finetuned model and does not reuse the old stores.
+    assert by_name["loop1-label-0"].config["teacher_checkpoint"] == "/data/out/finetune/best.pt"
+    assert [p["store"] for p in by_name["loop1-student"].config["pseudo"]] == [
+        "/data/out/stores/loop1-label-0.zarr"
+    ]
+    assert by_name["loop1-finetune"].config["init_checkpoint"] == (
+        "/data/out/loop1-student/best.pt"
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"teacher": {}}, "teacher"),
+        ({"teacher": {"train": TRAIN, "checkpoint": "/x.pt"}}, "teacher"),
+        ({"label": {}}, "label"),
+        ({"student": {"train": {**TRAIN, "real_pseudo_ratio": 0}}}, "real_pseudo_ratio"),
+        ({"student": {"train": {**TRAIN, "run_name": "x"}}}, "run_name"),
+        ({"student": {"train": {**TRAIN, "pseudo": []}}}, "pseudo"),
+        ({"label": {"sources": [LABELED], "options": {"store": "/s"}}}, "store"),
+        ({"loops": 1, "label": {"stores": ["/s.zarr"]}}, "loops"),
+    ],
+)
+def test_bad_specs_are_refused_naming_the_field(changes, field):
+    with pytest.raises(ValidationError) as caught:
+        _spec(**changes)
+    assert field in str(caught.value)
+
+
+def test_planned_config_errors_name_the_spec_field():
+    # A teacher cannot finetune without a checkpoint to start from; only the planned config knows.
+    spec = _spec(teacher={"train": {**TRAIN, "mode": "finetune"}})
+    with pytest.raises(SpecError) as caught:
+        plan_stages(spec, OUT)
+    (field, message) = caught.value.problems[0]
+    assert field == "teacher.train"
+    assert "init_checkpoint" in message
+
+
+def test_resolve_path_keeps_paths_inside_the_roots(tmp_path):
+    root = tmp_path / "data"
+    (root / "sets").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (root / "link-out").symlink_to(tmp_path / "elsewhere")
+    (root / "link-in").symlink_to(root / "sets")
+    assert resolve_path("sets", [root], "f") == str(root / "sets")
+    assert resolve_path(str(root / "link-in"), [root], "f") == str(root / "sets")
+    for bad, problem in [
+        ("sets/../sets", "must not contain '..'"),
+        (str(tmp_path / "elsewhere"), "outside the allowed folders"),
+        ("link-out/x.png", "outside the allowed folders"),
+        ("/etc/passwd", "outside the allowed folders"),
+    ]:
+        with pytest.raises(SpecError) as caught:
+            resolve_path(bad, [root], "teacher.train.labeled.root")
+        (field, message) = caught.value.problems[0]
+        assert field == "teacher.train.labeled.root" and problem in message, (bad, message)

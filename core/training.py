@@ -1,0 +1,451 @@
+"""The pure pieces of teacher and student training: the plan of every epoch, the epoch's samples as
+a torch Dataset that crops and augments them, one epoch of SGD, and validation.
+
+Modes (``TrainJobConfig.mode``):
+
+- ``joint`` (default): every epoch mixes real and pseudo samples at ``real_pseudo_ratio``.
+- ``pretrain_finetune``: the first ``pretrain_epochs`` epochs on pseudo labels only, the rest on
+  real labels only.
+- ``finetune``: as ``joint``, starting from ``init_checkpoint`` with lr 0.002 by default; when the
+  checkpoint's classes differ from the data's, its classifier is re-initialized
+  (``load_initial_weights``). Any mode may start from ``init_checkpoint``, e.g. a student from its
+  teacher.
+
+jobs/train.py runs these on Ray Train; nothing here knows about Ray. Distributed runs are seen only
+through torch.distributed (losses and confusion matrices are summed over ranks when it is
+initialized), so every function also works in a single plain process.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from core.checkpoint import load_checkpoint
+from core.configs import AugmentConfig, TrainJobConfig
+from core.datasets import SegmentationDataset, open_source
+from core.errors import CheckpointError, ConfigError, DataError, SizeMismatchError
+from core.evaluate import evaluate
+from core.io import read_image
+from core.labels import LabelSpace
+from core.metrics import ConfusionMatrix
+from core.models import reset_head
+from core.sampling import REAL, EpochSampler, Sample, sample_rng, split_counts
+from core.schedule import from_config
+from core.store import LabelStore
+from core.transforms import augment_around_point, build_train_transform, normalize_batch, to_tensors
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What one epoch trains on, fixed before training starts.
+
+    Attributes:
+        epoch: 0-based epoch index.
+        crop_size: Side of the square crops (from the crop schedule).
+        batch_size: Samples per step on each rank (from the crop schedule).
+        n_real: Real samples in the epoch's list.
+        n_pseudo: Pseudo samples in the epoch's list.
+        phase: ``"joint"``, or ``"pretrain"`` / ``"finetune"`` in mode ``pretrain_finetune``.
+    """
+
+    epoch: int
+    crop_size: int
+    batch_size: int
+    n_real: int
+    n_pseudo: int
+    phase: str = "joint"
+
+    @property
+    def n_samples(self) -> int:
+        return self.n_real + self.n_pseudo
+
+    def steps(self, world_size: int) -> int:
+        """Optimizer steps of this epoch on each of ``world_size`` ranks."""
+        per_rank = math.ceil(self.n_samples / world_size)
+        return math.ceil(per_rank / self.batch_size)
+
+
+def plan_epochs(config: TrainJobConfig, n_labeled: int, n_pseudo_images: int) -> list[EpochPlan]:
+    """The plan of every epoch of a run.
+
+    Sample counts: ``samples_per_epoch`` when set. Otherwise an epoch shows each labeled image about
+    once: ``n_labeled`` real samples plus, with label stores, ``n_labeled / real_pseudo_ratio``
+    pseudo samples. In mode ``pretrain_finetune`` the first ``pretrain_epochs`` epochs train on
+    pseudo labels only (``samples_per_epoch`` or ``n_pseudo_images`` samples), the rest on real
+    labels only.
+
+    Args:
+        config: The run's config.
+        n_labeled: Images in the labeled dataset.
+        n_pseudo_images: Labeled images in all label stores together.
+
+    Raises:
+        ConfigError: The counts cannot work (an empty source asked for samples, or bad
+            pretrain_epochs).
+    """
+    schedule = from_config(config.schedule, config.epochs)
+    ratio = config.real_pseudo_ratio
+    if config.mode == "pretrain_finetune" and not 0 < config.pretrain_epochs < config.epochs:
+        raise ConfigError(
+            f"pretrain_epochs must be in [1, epochs - 1] = [1, {config.epochs - 1}] in mode "
+            f"'pretrain_finetune', got {config.pretrain_epochs}"
+        )
+    plans = []
+    for epoch in range(config.epochs):
+        crop, batch = schedule.at(epoch)
+        phase = "joint"
+        if config.mode == "pretrain_finetune":
+            phase = "pretrain" if epoch < config.pretrain_epochs else "finetune"
+        if phase == "pretrain":
+            n_real, n_pseudo = 0, config.samples_per_epoch or n_pseudo_images
+        elif phase == "finetune" or not config.pseudo:
+            n_real, n_pseudo = config.samples_per_epoch or n_labeled, 0
+        else:
+            total = config.samples_per_epoch or round(n_labeled * (ratio + 1) / ratio)
+            n_real, n_pseudo = split_counts(total, ratio)
+        if n_real and not n_labeled:
+            raise ConfigError(
+                f"epoch {epoch} needs {n_real} real samples; the labeled set is empty"
+            )
+        if n_pseudo and not n_pseudo_images:
+            raise ConfigError(f"epoch {epoch} needs {n_pseudo} pseudo samples; no store has labels")
+        if n_real + n_pseudo == 0:
+            raise ConfigError(f"epoch {epoch} has no samples")
+        plans.append(EpochPlan(epoch, crop, batch, n_real, n_pseudo, phase))
+    return plans
+
+
+class PseudoLabels:
+    """Read access to one label store's images and labels, with a read-time confidence threshold.
+
+    The store is opened lazily (and again after pickling), so a Dataset holding this object can go
+    to DataLoader worker processes.
+
+    Args:
+        path: The label store.
+        confidence_threshold: Pixels whose confidence is below it become ignore (255).
+    """
+
+    def __init__(self, path: str | Path, confidence_threshold: float = 0.0) -> None:
+        self.path = str(path)
+        self.confidence_threshold = confidence_threshold
+        self._store: LabelStore | None = None
+
+    @property
+    def store(self) -> LabelStore:
+        if self._store is None:
+            self._store = LabelStore.open(self.path, read_only=True)
+        return self._store
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_store": None}
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(image (H, W, 3) uint8 RGB read from its original file, label (H, W) uint8)."""
+        path = self.store.image_path(index)
+        image = read_image(path)
+        label = self.store.label(index, confidence_threshold=self.confidence_threshold)
+        if label.shape != image.shape[:2]:
+            raise SizeMismatchError(
+                path, f"pseudo label in {self.path} is {label.shape} but the image is {image.shape}"
+            )
+        return image, label
+
+
+@dataclass
+class TrainingData:
+    """Everything a run trains and validates on, opened and checked.
+
+    Attributes:
+        labeled: The labeled dataset.
+        label_space: Its classes, which the model predicts and every label store must share.
+        pseudo: The label stores, in config order.
+        val: The validation set, or None.
+        sampler: Draws each epoch's sample list.
+        plans: The plan of every epoch.
+    """
+
+    labeled: SegmentationDataset
+    label_space: LabelSpace
+    pseudo: list[PseudoLabels]
+    val: SegmentationDataset | None
+    sampler: EpochSampler
+    plans: list[EpochPlan]
+
+
+def open_training_data(config: TrainJobConfig) -> TrainingData:
+    """Open the datasets and label stores of a run and plan its epochs.
+
+    Raises:
+        ConfigError: A label store's classes differ from the labeled data's, or the plan
+            cannot work.
+        DataError: A dataset has images without labels (or any error opening the data).
+        StoreError: A label store cannot be opened.
+    """
+    labeled = open_source(config.labeled)
+    if not labeled.is_labeled() or labeled.label_space is None:
+        raise DataError(config.labeled.root, "the labeled dataset has images without labels")
+    label_space = labeled.label_space
+    pseudo = [PseudoLabels(p.store, p.confidence_threshold) for p in config.pseudo]
+    for reader in pseudo:
+        names = list(reader.store.label_space.names)
+        if names != list(label_space.names):
+            raise ConfigError(
+                f"label store {reader.path} has classes {names}, but the labeled data has "
+                f"{list(label_space.names)}"
+            )
+    done = [reader.store.done_indices() for reader in pseudo]
+    centroids = [r.store.centroids() for r in pseudo] if config.centroid_sampling else None
+    sampler = EpochSampler(len(labeled), done, centroids, config.seed)
+    val = None
+    if config.val is not None:
+        val = open_source(config.val)
+        if not val.is_labeled() or val.label_space is None:
+            raise DataError(config.val.root, "the validation set has images without labels")
+        if list(val.label_space.names) != list(label_space.names):
+            raise ConfigError(
+                f"validation classes {list(val.label_space.names)} differ from the labeled "
+                f"data's {list(label_space.names)}"
+            )
+    plans = plan_epochs(config, len(labeled), sum(len(d) for d in done))
+    return TrainingData(labeled, label_space, pseudo, val, sampler, plans)
+
+
+class EpochSamples(Dataset):
+    """One rank's part of an epoch list, each sample cropped and augmented on access.
+
+    Real samples and whole-image pseudo samples get the standard scale / random crop / flip / blur
+    / color pipeline; centroid samples get the same pipeline with a crop that contains the centroid.
+    Sample ``(position, s)`` is augmented with ``sample_rng(seed, epoch, position)``, so its crop is
+    the same on any rank and in any loader worker.
+
+    Args:
+        part: ``(position in the epoch list, sample)`` pairs, from core.sampling.rank_part.
+        labeled: The labeled dataset (``Sample.store == REAL``).
+        pseudo: The label stores, in the order that ``Sample.store`` counts them.
+        aug: Augmentation settings.
+        crop_size: This epoch's crop size.
+        seed: The run's seed.
+        epoch: The epoch.
+    """
+
+    def __init__(
+        self,
+        part: Sequence[tuple[int, Sample]],
+        labeled: SegmentationDataset,
+        pseudo: Sequence[PseudoLabels],
+        aug: AugmentConfig,
+        crop_size: int,
+        seed: int,
+        epoch: int,
+    ) -> None:
+        self.part = list(part)
+        self.labeled = labeled
+        self.pseudo = list(pseudo)
+        self.aug = aug
+        self.crop_size = crop_size
+        self.seed = seed
+        self.epoch = epoch
+        self.transform = build_train_transform(aug, crop_size)
+
+    def __len__(self) -> int:
+        return len(self.part)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        position, sample = self.part[i]
+        if sample.store == REAL:
+            image, label, _ = self.labeled[sample.index]
+            assert label is not None  # training data is checked to be labeled
+        else:
+            image, label = self.pseudo[sample.store].load(sample.index)
+        rng = sample_rng(self.seed, self.epoch, position)
+        if sample.point is None:
+            return self.transform(image, label, rng)
+        return augment_around_point(image, label, sample.point, self.aug, self.crop_size, rng)
+
+
+def collate(batch: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack crops into uint8 images (N, H, W, 3) and int64 labels (N, H, W)."""
+    images, labels = zip(*batch, strict=True)
+    return to_tensors(images, labels)
+
+
+def make_loader(dataset: EpochSamples, batch_size: int, workers: int = 0) -> DataLoader:
+    """A loader over the samples in list order (the list is already shuffled)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+@dataclass
+class EpochStats:
+    """What one epoch of training measured (summed over ranks when distributed).
+
+    Attributes:
+        loss: Mean loss over the steps of all ranks.
+        lr: Learning rate of parameter group 0 after the last step.
+        images: Samples trained on, all ranks together.
+        seconds: Wall time of the epoch, data loading included.
+        cpu_seconds: CPU time of this rank's process in the epoch (all its threads; loader worker
+            processes not included), a measure that other load on the machine barely changes.
+        steps: Optimizer steps on this rank.
+        input_sizes: The distinct ``(height, width)`` of the batches this rank trained on.
+    """
+
+    loss: float
+    lr: float
+    images: int
+    seconds: float
+    cpu_seconds: float
+    steps: int
+    input_sizes: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    bf16: bool = False,
+) -> EpochStats:
+    """One pass over ``loader``: forward, loss, backward, optimizer and lr step per batch.
+
+    Args:
+        model: The model (possibly DistributedDataParallel) on ``device``.
+        loader: Yields (uint8 images (N, H, W, 3), int64 labels (N, H, W)).
+        loss_fn: ``(logits, labels) -> loss``.
+        optimizer: Stepped every batch.
+        lr_scheduler: Stepped every batch (poly decay per iteration).
+        device: Where the batches go; they travel as uint8 and are normalized there.
+        bf16: Run forward and loss under bfloat16 autocast.
+    """
+    model.train()
+    start, start_cpu = time.perf_counter(), time.process_time()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    steps, images = 0, 0
+    sizes: set[tuple[int, int]] = set()
+    for image_batch, label_batch in loader:
+        x = normalize_batch(image_batch.to(device, non_blocking=True))
+        target = label_batch.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model(x), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lr_scheduler.step()
+        loss_sum += loss.detach().double()
+        steps += 1
+        images += x.shape[0]
+        sizes.add((x.shape[2], x.shape[3]))
+    totals = torch.tensor([loss_sum.item(), steps, images], dtype=torch.float64)
+    _sum_over_ranks(totals, device)
+    return EpochStats(
+        loss=float(totals[0] / max(totals[1], 1)),
+        lr=float(optimizer.param_groups[0]["lr"]),
+        images=int(totals[2]),
+        seconds=time.perf_counter() - start,
+        cpu_seconds=time.process_time() - start_cpu,
+        steps=steps,
+        input_sizes=sorted(sizes),
+    )
+
+
+def _sum_over_ranks(values: torch.Tensor, device: torch.device) -> None:
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    # NCCL reduces CUDA tensors only.
+    on_device = values.to(device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(on_device)
+    values.copy_(on_device.cpu())
+
+
+def sync_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DistributedDataParallel broadcasts them at the start of each forward pass, so after the last
+    step every other rank holds its own last update; evaluating without this would not give the
+    numbers of the checkpoint that rank 0 saves.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
+def validate(
+    model: nn.Module,
+    dataset: SegmentationDataset,
+    label_space: LabelSpace,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> ConfusionMatrix:
+    """Confusion matrix of ``model`` on ``dataset`` (whole-image inference, as
+    core.evaluate.evaluate_checkpoint does by default), each rank predicting every
+    ``world_size``-th image; the counts are summed over ranks, so every rank gets the full matrix.
+
+    Args:
+        model: The bare model (not the DDP wrapper), on ``device``.
+    """
+    sync_buffers(model)
+    part = dataset.subset(range(rank, len(dataset), world_size))
+    matrix = evaluate(model, part, label_space, mode="whole", device=device)
+    return matrix.all_reduce()
+
+
+def load_initial_weights(
+    model: nn.Module, model_name: str, path: str | Path, label_space: LabelSpace
+) -> bool:
+    """Start ``model`` from the weights of a checkpoint (finetuning, or a student that continues
+    from its teacher).
+
+    When the checkpoint's classes differ from ``label_space`` (another dataset), the classifier is
+    re-initialized for the new classes and everything else is loaded.
+
+    Returns:
+        Whether the classifier was re-initialized.
+
+    Raises:
+        CheckpointError: The checkpoint holds another architecture, or its weights do not fit.
+    """
+    checkpoint = load_checkpoint(path)
+    if checkpoint["model_name"] != model_name:
+        raise CheckpointError(
+            path, f"holds a {checkpoint['model_name']!r} model, but the run trains {model_name!r}"
+        )
+    state = checkpoint["model"]
+    same_classes = list(checkpoint["label_space"]["names"]) == list(label_space.names)
+    if not same_classes:
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+        reset_head(model, label_space.num_classes)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensors of another shape (other model options)
+        raise CheckpointError(path, f"weights do not fit {model_name!r}: {exc}") from exc
+    missing = [k for k in missing if same_classes or not k.startswith("classifier.")]
+    if missing or unexpected:
+        raise CheckpointError(
+            path, f"weights do not fit {model_name!r}: missing {missing}, unexpected {unexpected}"
+        )
+    return not same_classes

@@ -1,0 +1,286 @@
+"""Teacher and student training on Ray Train, on CPU with the small model and synthetic scenes.
+
+Epoch hooks run inside the Ray workers, so they are closures defined in the tests (cloudpickle
+ships those by value; this module itself is not importable on the workers) and they report
+through files in tmp_path.
+"""
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+
+from core.centroids import find_centroids
+from core.checkpoint import load_checkpoint, load_model
+from core.configs import AugmentConfig, DataSource, PseudoSource, ScheduleConfig, TrainJobConfig
+from core.datasets import cityscapes
+from core.labels import CITYSCAPES
+from core.sampling import CentroidTable
+from core.schedule import from_config
+from core.store import LabelStore
+from core.synth import write_synthetic_dataset
+from core.training import open_training_data
+from jobs import student, teacher
+from jobs.train import run_dir, with_absolute_paths
+from selftrain.cli import main as selftrain_main
+
+SIZE = (64, 128)
+SCHEDULE = ScheduleConfig(
+    kind="coarse2fine+", crop_sizes=[32, 48, 64], warmup_epochs=1, base_batch_size=4
+)
+# Ray Train's controller collects each report on its next poll (2 s by default); tiny CPU epochs
+# last far less, so poll often to keep the tests short.
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    saved = {key: os.environ.get(key) for key in RAY_ENV}
+    os.environ.update(RAY_ENV)
+    # "local": never join a cluster that happens to run on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    """24 source scenes to train on, 8 others to validate on, 8 target scenes to pseudo-label."""
+    root = tmp_path_factory.mktemp("scenes")
+    write_synthetic_dataset(root / "source", 24, "source", SIZE, seed=0, split="train")
+    write_synthetic_dataset(root / "source", 8, "source", SIZE, seed=1, split="val")
+    write_synthetic_dataset(root / "target", 8, "target", SIZE, seed=2, split="train")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pseudo_store(scenes) -> Path:
+    """A label store over the target scenes, holding their true labels as the pseudo labels."""
+    target = cityscapes(scenes / "target", "train")
+    path = scenes / "store"
+    store = LabelStore.create(path, target.image_paths(), [SIZE] * len(target), CITYSCAPES, {}, {})
+    for i in range(len(target)):
+        label = target.load_label(i)
+        store.write(i, label, np.full(SIZE, 230, np.uint8), find_centroids(label, min_area=4))
+    return path
+
+
+def _source(scenes: Path, split: str) -> DataSource:
+    return DataSource(format="cityscapes", root=str(scenes / "source"), split=split)
+
+
+def _config(tmp_path: Path, scenes: Path, **fields) -> TrainJobConfig:
+    values = {
+        "run_name": "run",
+        "storage_path": str(tmp_path / "runs"),
+        "model": "small",
+        "labeled": _source(scenes, "train"),
+        "schedule": SCHEDULE,
+        "augment": AugmentConfig(scale_min=0.75, scale_max=1.5),
+        "ohem": False,
+        "num_workers": 2,
+        "cpus_per_worker": 1,
+        "max_failures": 0,
+    }
+    return TrainJobConfig(**{**values, **fields})
+
+
+def _metrics(config: TrainJobConfig) -> list[dict]:
+    lines = (run_dir(config) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_workers_share_each_epoch_list_at_the_scheduled_crop(
+    ray_local, scenes, pseudo_store, tmp_path
+):
+    config = _config(
+        tmp_path,
+        scenes,
+        epochs=3,
+        pseudo=[PseudoSource(store=str(pseudo_store))],
+        real_pseudo_ratio=1.0,
+        samples_per_epoch=24,
+    )
+    log = tmp_path / "events.jsonl"
+
+    def record(event):
+        import json
+
+        row = {
+            "rank": event.rank,
+            "epoch": event.epoch,
+            "positions": event.positions,
+            "samples": [[s.store, s.index, s.point] for s in event.samples],
+            "input_sizes": event.stats.input_sizes,
+        }
+        with open(log, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    summary = student.run(config, epoch_hook=record)
+    events = _events(log)
+    data = open_training_data(config)
+    table = CentroidTable([data.pseudo[0].store.centroids()])
+    crops = from_config(SCHEDULE, 3).sizes()
+    assert crops == [64, 32, 48]
+    for epoch in range(3):
+        by_rank = {e["rank"]: e for e in events if e["epoch"] == epoch}
+        assert sorted(by_rank) == [0, 1]
+        # Disjoint halves of one list of 24: ranks 0 and 1 take even and odd positions.
+        assert by_rank[0]["positions"] == list(range(0, 24, 2))
+        assert by_rank[1]["positions"] == list(range(1, 24, 2))
+        # The list each rank trained on is the list the sampler draws for this epoch anywhere.
+        expected = data.sampler.samples(epoch, 12, 12)
+        for event in by_rank.values():
+            for position, (store, index, point) in zip(
+                event["positions"], event["samples"], strict=True
+            ):
+                want = expected[position]
+                assert (store, index) == (want.store, want.index)
+                assert point == (None if want.point is None else list(want.point))
+            assert event["input_sizes"] == [[crops[epoch], crops[epoch]]]
+        # real:pseudo = 1:1 over the epoch.
+        samples = by_rank[0]["samples"] + by_rank[1]["samples"]
+        assert sum(store == -1 for store, _, _ in samples) == 12
+        # The 12 pseudo samples spread evenly over the classes that have centroids.
+        classes = Counter()
+        for store, index, point in samples:
+            if store == 0:
+                rows = (table.image == index) & (table.yx == point).all(axis=1)
+                classes[int(table.cls[np.flatnonzero(rows)[0]])] += 1
+        per_class = [classes.get(int(c), 0) for c in table.classes]
+        assert max(per_class) - min(per_class) <= 1
+    rows = _metrics(config)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [r["crop_size"] for r in rows] == crops
+    assert [r["batch_size"] for r in rows] == [4, 16, 7]
+    assert all(r["n_real"] == 12 and r["n_pseudo"] == 12 for r in rows)
+    assert summary["epochs_done"] == 3
+    # The student's checkpoint is what the label job loads as the next teacher.
+    model, label_space, checkpoint = load_model(summary["last_checkpoint"])
+    assert label_space.names == CITYSCAPES.names and checkpoint["epoch"] == 3
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_resumes_from_the_last_checkpoint(ray_local, scenes, tmp_path):
+    config = _config(tmp_path, scenes, epochs=4, samples_per_epoch=8, max_failures=1)
+    log, marker = tmp_path / "events.jsonl", tmp_path / "killed"
+
+    def kill_once(event):
+        import os
+        import signal
+
+        with open(log, "a") as f:
+            f.write(f'{{"pid": {os.getpid()}, "rank": {event.rank}, "epoch": {event.epoch}}}\n')
+        # Rank 1 dies after training epoch 2, before that epoch is checkpointed, on the first
+        # attempt only.
+        if event.rank == 1 and event.epoch == 2 and not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    summary = teacher.run(config, epoch_hook=kill_once)
+    assert marker.exists()
+    epochs_by_pid: dict[int, list[int]] = {}
+    for event in _events(log):
+        if event["rank"] == 0:
+            epochs_by_pid.setdefault(event["pid"], []).append(event["epoch"])
+    first, second = epochs_by_pid.values()
+    assert first[:2] == [0, 1]
+    # The restarted workers begin at epoch 2 (the last checkpoint is epoch 1's), not at 0.
+    assert second == [2, 3]
+    assert [r["epoch"] for r in _metrics(config)] == [0, 1, 2, 3]
+    assert summary["epochs_done"] == 4
+    assert load_checkpoint(summary["last_checkpoint"])["epoch"] == 4
+
+
+@pytest.mark.slow
+def test_a_run_submitted_again_with_more_epochs_resumes(ray_local, scenes, tmp_path):
+    config = _config(tmp_path, scenes, epochs=2, samples_per_epoch=8, num_workers=1)
+    first = teacher.run(config)
+    log = tmp_path / "events.jsonl"
+
+    def record(event):
+        with open(log, "a") as f:
+            f.write(f'{{"epoch": {event.epoch}}}\n')
+
+    second = teacher.run(config.model_copy(update={"epochs": 3}), epoch_hook=record)
+    assert [e["epoch"] for e in _events(log)] == [2]
+    # Epochs 0 and 1 were not trained again: their rows are the first run's, unchanged.
+    assert second["history"][:2] == first["history"]
+    assert [r["epoch"] for r in second["history"]] == [0, 1, 2]
+    assert load_checkpoint(second["last_checkpoint"])["epoch"] == 3
+
+
+@pytest.mark.slow
+def test_a_teacher_learns_the_source_scenes_and_evaluate_reproduces_its_miou(
+    ray_local, scenes, tmp_path, capsys
+):
+    config = _config(
+        tmp_path,
+        scenes,
+        val=_source(scenes, "val"),
+        val_every=5,
+        epochs=20,
+        samples_per_epoch=96,
+        lr=0.1,
+    )
+    summary = teacher.run(config)
+    rows = summary["history"]
+    assert [r["val_miou"] is not None for r in rows] == [(e + 1) % 5 == 0 for e in range(20)]
+    final = rows[-1]["val_miou"]
+    # Measured 0.20 on the 8 held-out scenes (19 classes, 0.4M parameters, 2 CPU workers); an
+    # untrained model scores 0.01 to 0.02.
+    assert final >= 0.15
+    assert rows[-1]["loss"] < 0.6 * rows[0]["loss"]
+    assert summary["best_val_miou"] == max(r["val_miou"] for r in rows if r["val_miou"] is not None)
+
+    code = selftrain_main(
+        [
+            "evaluate",
+            "--checkpoint",
+            summary["last_checkpoint"],
+            "--format",
+            "cityscapes",
+            "--root",
+            str(scenes / "source"),
+            "--split",
+            "val",
+            "--json",
+        ]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n_images"] == 8
+    assert result["miou"] == pytest.approx(final, abs=1e-12)
+
+
+def test_relative_paths_are_resolved_before_the_workers_see_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = TrainJobConfig(
+        run_name="r",
+        storage_path="runs",
+        labeled=DataSource(format="camvid", root="data", subset_list="lists/a.txt"),
+        pseudo=[PseudoSource(store="stores/s1"), PseudoSource(store=str(tmp_path / "s2"))],
+        init_checkpoint="teacher.pt",
+    )
+    here = tmp_path.resolve()
+    absolute = with_absolute_paths(config)
+    assert absolute.storage_path == str(here / "runs")
+    assert absolute.labeled.root == str(here / "data")
+    assert absolute.labeled.subset_list == str(here / "lists" / "a.txt")
+    assert [p.store for p in absolute.pseudo] == [str(here / "stores" / "s1"), str(here / "s2")]
+    assert absolute.init_checkpoint == str(here / "teacher.pt")
+    assert absolute.val is None

@@ -1,0 +1,217 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.centroids import find_centroids
+from core.checkpoint import save_checkpoint
+from core.configs import AugmentConfig, DataSource, PseudoSource, ScheduleConfig, TrainJobConfig
+from core.datasets import paired_folder
+from core.errors import CheckpointError, ConfigError
+from core.io import write_image, write_label
+from core.labels import declare_label_space
+from core.losses import build_loss
+from core.models import build_model
+from core.optim import build_optimizer, poly_lr
+from core.sampling import REAL, Sample, rank_part
+from core.store import LabelStore
+from core.training import (
+    EpochSamples,
+    PseudoLabels,
+    load_initial_weights,
+    make_loader,
+    open_training_data,
+    plan_epochs,
+    train_one_epoch,
+    validate,
+)
+
+SPACE = declare_label_space("blocks", ["ground", "wall", "dot"])
+# No scaling, flipping, blurring or color change: crops are plain windows of the image.
+PLAIN = AugmentConfig(scale_min=1.0, scale_max=1.0, flip=False, blur=False, color_jitter=0.0)
+
+
+def _scene(dot_yx: tuple[int, int] = (40, 100)) -> tuple[np.ndarray, np.ndarray]:
+    """A 64x128 scene: ground (0) below row 32, wall (1) above, a 4x4 dot (2) at ``dot_yx``."""
+    label = np.zeros((64, 128), np.uint8)
+    label[:32] = 1
+    y, x = dot_yx
+    label[y : y + 4, x : x + 4] = 2
+    colors = np.array([[90, 160, 60], [200, 200, 210], [230, 30, 30]], np.uint8)
+    return colors[label], label
+
+
+def _paired(root: Path, n: int) -> Path:
+    for i in range(n):
+        image, label = _scene((36 + i % 20, 10 + 5 * i % 110))
+        write_image(root / "images" / f"{i:03d}.png", image)
+        write_label(root / "labels" / f"{i:03d}.png", label)
+    return root
+
+
+def _source(root: Path) -> DataSource:
+    return DataSource(format="paired", root=str(root), classes=list(SPACE.names))
+
+
+def _store(path: Path, image_root: Path, n: int) -> LabelStore:
+    """A label store holding each scene's true label as its pseudo label, confidence 200/255
+    except in the dot (100/255)."""
+    images = sorted(str(p) for p in (image_root / "images").glob("*.png"))[:n]
+    store = LabelStore.create(path, images, [(64, 128)] * n, SPACE, {"name": "test"}, {})
+    for i in range(n):
+        label = paired_folder(image_root, SPACE).load_label(i)
+        confidence = np.where(label == 2, 100, 200).astype(np.uint8)
+        store.write(i, label, confidence, find_centroids(label))
+    return store
+
+
+def _config(tmp_path: Path, **fields) -> TrainJobConfig:
+    return TrainJobConfig(
+        run_name="t",
+        storage_path=str(tmp_path / "runs"),
+        labeled=_source(tmp_path / "real"),
+        schedule=ScheduleConfig(
+            kind="coarse2fine+", crop_sizes=[32, 48, 64], warmup_epochs=1, base_batch_size=2
+        ),
+        **fields,
+    )
+
+
+def test_plan_follows_the_crop_schedule_and_the_ratio(tmp_path):
+    config = _config(tmp_path, epochs=5, pseudo=[PseudoSource(store="s")], real_pseudo_ratio=3.0)
+    plans = plan_epochs(config, n_labeled=12, n_pseudo_images=40)
+    # Warm-up at the largest crop, then small -> large every epoch.
+    assert [p.crop_size for p in plans] == [64, 32, 48, 64, 32]
+    # Batch grows with the crop area: 2 * (64/32)^2 = 8, 2 * (64/48)^2 = 3.6 -> 4.
+    assert [p.batch_size for p in plans] == [2, 8, 4, 2, 8]
+    # Each real image about once an epoch: 12 real + 12 / 3 pseudo.
+    assert {(p.n_real, p.n_pseudo) for p in plans} == {(12, 4)}
+    assert plans[1].steps(world_size=2) == 1  # 8 samples per rank, batch 8
+
+
+def test_plan_of_pretrain_then_finetune(tmp_path):
+    config = _config(
+        tmp_path,
+        epochs=4,
+        mode="pretrain_finetune",
+        pretrain_epochs=1,
+        samples_per_epoch=10,
+        pseudo=[PseudoSource(store="s")],
+    )
+    plans = plan_epochs(config, n_labeled=12, n_pseudo_images=40)
+    assert [(p.phase, p.n_real, p.n_pseudo) for p in plans] == [
+        ("pretrain", 0, 10),
+        ("finetune", 10, 0),
+        ("finetune", 10, 0),
+        ("finetune", 10, 0),
+    ]
+    with pytest.raises(ConfigError, match="pretrain_epochs"):
+        plan_epochs(config.model_copy(update={"pretrain_epochs": 4}), 12, 40)
+
+
+def test_a_teacher_plan_has_real_samples_only(tmp_path):
+    plans = plan_epochs(_config(tmp_path, epochs=2, samples_per_epoch=7), 12, 0)
+    assert [(p.n_real, p.n_pseudo) for p in plans] == [(7, 0), (7, 0)]
+
+
+def test_centroid_crops_contain_their_centroid(tmp_path):
+    root = _paired(tmp_path / "real", 4)
+    store = _store(tmp_path / "store", root, 4)
+    centroids = store.centroids()
+    dots = centroids[centroids[:, 1] == 2]
+    labeled = paired_folder(root, SPACE)
+    part = [
+        (position, Sample(0, int(row[0]), (round(row[2]), round(row[3]))))
+        for position, row in enumerate(np.repeat(dots, 10, axis=0))
+    ]
+    dataset = EpochSamples(part, labeled, [PseudoLabels(store.path)], PLAIN, 16, seed=0, epoch=0)
+    for i in range(len(dataset)):
+        image, label = dataset[i]
+        assert image.shape == (16, 16, 3) and label.shape == (16, 16)
+        assert (label == 2).any(), f"crop {i} misses the 4x4 dot it was centered on"
+    # Random crops of the same size mostly miss it.
+    random_part = [(p, Sample(0, s.index)) for p, s in part]
+    dataset = EpochSamples(random_part, labeled, [PseudoLabels(store.path)], PLAIN, 16, 0, 0)
+    assert sum((dataset[i][1] == 2).any() for i in range(len(dataset))) < len(dataset) / 2
+
+
+def test_crops_are_the_same_for_the_same_position_on_any_rank(tmp_path):
+    labeled = paired_folder(_paired(tmp_path / "real", 3), SPACE)
+    samples = [Sample(REAL, i % 3) for i in range(6)]
+    aug = AugmentConfig()
+    whole = EpochSamples(rank_part(samples, 0, 1), labeled, [], aug, 32, seed=4, epoch=2)
+    odd = EpochSamples(rank_part(samples, 1, 2), labeled, [], aug, 32, seed=4, epoch=2)
+    for i in range(3):
+        np.testing.assert_array_equal(odd[i][0], whole[2 * i + 1][0])
+        np.testing.assert_array_equal(odd[i][1], whole[2 * i + 1][1])
+    other_epoch = EpochSamples(rank_part(samples, 0, 1), labeled, [], aug, 32, seed=4, epoch=3)
+    assert any(not np.array_equal(other_epoch[i][0], whole[i][0]) for i in range(6))
+
+
+def test_confidence_threshold_turns_unsure_pixels_into_ignore(tmp_path):
+    root = _paired(tmp_path / "real", 1)
+    _store(tmp_path / "store", root, 1)
+    _, label = PseudoLabels(tmp_path / "store", confidence_threshold=0.5).load(0)
+    # The dot has confidence 100/255 < 0.5: ignored; everything else (200/255) kept.
+    assert set(np.unique(label).tolist()) == {0, 1, 255}
+    assert (label == 255).sum() == 16
+    _, label = PseudoLabels(tmp_path / "store").load(0)
+    assert (label == 2).sum() == 16
+
+
+def test_open_training_data_rejects_a_store_with_other_classes(tmp_path):
+    root = _paired(tmp_path / "real", 2)
+    other = declare_label_space("other", ["a", "b", "c"])
+    image = str(root / "images" / "000.png")
+    LabelStore.create(tmp_path / "store", [image], [(64, 128)], other, {}, {})
+    config = _config(tmp_path, epochs=1, pseudo=[PseudoSource(store=str(tmp_path / "store"))])
+    with pytest.raises(ConfigError, match="classes"):
+        open_training_data(config)
+
+
+def test_training_epochs_lower_the_loss_and_use_the_crop_size(tmp_path):
+    torch.manual_seed(0)
+    labeled = paired_folder(_paired(tmp_path / "real", 4), SPACE)
+    model = build_model("small", SPACE.num_classes)
+    optimizer = build_optimizer(model, lr=0.05)
+    scheduler = poly_lr(optimizer, total_iters=40)
+    samples = [Sample(REAL, i % 4) for i in range(16)]
+    losses = []
+    for epoch in range(5):
+        dataset = EpochSamples(rank_part(samples, 0, 1), labeled, [], PLAIN, 48, 0, epoch)
+        stats = train_one_epoch(
+            model,
+            make_loader(dataset, 8),
+            build_loss(False),
+            optimizer,
+            scheduler,
+            torch.device("cpu"),
+        )
+        losses.append(stats.loss)
+        assert stats.images == 16 and stats.steps == 2
+        assert stats.input_sizes == [(48, 48)]
+    assert losses[-1] < 0.5 * losses[0]
+    # poly decay after 10 of 40 iterations: 0.05 * (1 - 10/40) ** 0.9
+    assert stats.lr == pytest.approx(0.05 * 0.75**0.9)
+    matrix = validate(model, labeled, SPACE, torch.device("cpu"))
+    assert matrix.matrix.sum() == 4 * 64 * 128
+
+
+def test_initial_weights_keep_the_body_and_reset_a_head_for_new_classes(tmp_path):
+    torch.manual_seed(0)
+    source = build_model("small", 3)
+    path = save_checkpoint(tmp_path / "teacher.pt", source, "small", {}, SPACE, epoch=1)
+
+    same = build_model("small", 3)
+    assert load_initial_weights(same, "small", path, SPACE) is False
+    torch.testing.assert_close(same.state_dict(), source.state_dict())
+
+    five = declare_label_space("five", ["a", "b", "c", "d", "e"])
+    target = build_model("small", 5)
+    assert load_initial_weights(target, "small", path, five) is True
+    assert target.classifier.out_channels == 5
+    torch.testing.assert_close(target.stem.state_dict(), source.stem.state_dict())
+
+    with pytest.raises(CheckpointError, match="'small' model"):
+        load_initial_weights(build_model("fast_scnn", 3), "fast_scnn", path, SPACE)

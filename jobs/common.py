@@ -30,7 +30,11 @@ def parse_config(description: str, cls: type[ConfigT], argv: list[str] | None = 
 
 def init_ray(address: str | None = None) -> None:
     """Connect to Ray: the given address, else RAY_ADDRESS (set under `ray job submit`), else start an
-    embedded local instance. A no-op when Ray is already initialized in this process."""
+    embedded local instance. A no-op when Ray is already initialized in this process.
+
+    A plain `ray.init()` would join any cluster that `ray start` left on this machine; a job run
+    without an address means "here, in-process", so it asks for a fresh local instance.
+    """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -40,7 +44,9 @@ def init_ray(address: str | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(runtime_env=runtime_env, include_dashboard=False, log_to_driver=True)
+        ray.init(
+            address="local", runtime_env=runtime_env, include_dashboard=False, log_to_driver=True
+        )
 
 
 def _pythonpath_with(path: str) -> str:

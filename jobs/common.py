@@ -1,8 +1,8 @@
 """What every job entry point shares: reading its config and connecting to Ray.
 
-A job runs the same way in three places: `python jobs/x.py --config FILE` on a laptop (embedded local Ray),
-`ray job submit --working-dir . -- python jobs/x.py --config FILE` (RAY_ADDRESS is set by Ray), and from the
-control plane (which submits the same command through Ray's job API).
+A job runs the same way in three places: `python jobs/x.py --config FILE` on a laptop (embedded
+local Ray), `ray job submit --working-dir . -- python jobs/x.py --config FILE` (RAY_ADDRESS is set
+by Ray), and from the control plane (which submits the same command through Ray's job API).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def parse_config(description: str, cls: type[ConfigT], argv: list[str] | None = 
 
 
 def init_ray(address: str | None = None) -> None:
-    """Connect to Ray: the given address, else RAY_ADDRESS (set under `ray job submit`), else start an
-    embedded local instance. A no-op when Ray is already initialized in this process.
+    """Connect to Ray: the given address, else RAY_ADDRESS (set under `ray job submit`), else
+    start an embedded local instance. A no-op when Ray is already initialized in this process.
 
     A plain `ray.init()` would join any cluster that `ray start` left on this machine; a job run
     without an address means "here, in-process", so it asks for a fresh local instance.

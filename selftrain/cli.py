@@ -46,7 +46,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
             row["output"] = list(out.shape)
         rows.append(row)
         if not args.json:
-            extra = f"  forward {row['forward_s']:.2f}s -> {row['output']}" if "output" in row else ""
+            extra = (
+                f"  forward {row['forward_s']:.2f}s -> {row['output']}" if "output" in row else ""
+            )
             print(f"{name:28s} {row['parameters'] / 1e6:8.2f}M{extra}", flush=True)
         del model
     if args.json:
@@ -81,6 +83,19 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
 
     print(json.dumps(store_info(args.store), indent=None if args.compact else 2))
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from services.cli import serve
+
+    serve(host=args.host, port=args.port)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from jobs.demo import main as demo_main
+
+    return demo_main(args)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -118,6 +133,20 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.add_argument("--compact", action="store_true")
     p.set_defaults(func=_cmd_store_info)
+
+    p = sub.add_parser("serve", help="the control plane: REST API, dashboard, prediction")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("demo", help="teacher -> pseudo labels -> student on synthetic scenes")
+    p.add_argument("--workdir", default="selftrain-demo", help="where data and results go")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--quick", action="store_true", help="tiny sizes: a smoke run in a minute or two"
+    )
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -142,9 +142,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="teacher -> pseudo labels -> student on synthetic scenes")
     p.add_argument("--workdir", default="selftrain-demo", help="where data and results go")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--quick", action="store_true", help="tiny sizes: a smoke run in a minute or two"
-    )
+    p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke run")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     p.set_defaults(func=_cmd_demo)
     return parser

@@ -74,6 +74,7 @@ class LabelJobConfig(StrictModel):
     channels_last: bool = False
     min_centroid_area: int = Field(default=32, ge=1)
     overwrite: bool = False
+    retry_failed: bool = True
     ray_address: str | None = None
 
 

@@ -1,0 +1,307 @@
+"""The pseudo-label job: a teacher labels unlabeled images into a Zarr label store (core.store).
+
+    python jobs/label.py --config label.yaml                       # embedded local Ray
+    ray job submit --working-dir . -- python jobs/label.py --config label.yaml   # on a cluster
+
+The driver lists the images, opens (or creates) the store, and streams the indices of the images not
+done yet through Ray Data to a pool of teacher actors. Each actor reads its images, labels them and
+writes the results into the store itself, so only small result rows come back to the driver, which
+counts them and publishes progress. Rerunning the same config labels only what is not done.
+"""
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import ray  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from core.centroids import find_centroids  # noqa: E402
+from core.checkpoint import load_checkpoint, load_model  # noqa: E402
+from core.configs import LabelJobConfig  # noqa: E402
+from core.datasets import open_source  # noqa: E402
+from core.errors import DataError  # noqa: E402
+from core.inference import predict_batch  # noqa: E402
+from core.io import read_image  # noqa: E402
+from core.labels import LabelSpace  # noqa: E402
+from core.store import ImageStatus, LabelStore, describe_teacher, open_for_labeling  # noqa: E402
+from jobs.common import init_ray, parse_config  # noqa: E402
+
+# Outcomes of one image, as the actors report them.
+DONE, FAILED, SKIPPED = "done", "failed", "skipped"
+# How often the driver publishes progress into the store.
+PROGRESS_INTERVAL_S = 1.0
+
+
+def inference_settings(config: LabelJobConfig) -> dict:
+    """The settings that shape the labels; a store is never mixed from two different ones.
+
+    Settings that a mode ignores are left out (scales and flip apply to multiscale only, the window
+    size to slide and multiscale), so changing them does not make a store incompatible.
+    """
+    settings: dict = {
+        "mode": config.mode,
+        "precision": config.precision,
+        "min_centroid_area": config.min_centroid_area,
+    }
+    if config.mode in ("slide", "multiscale"):
+        settings["crop"] = config.slide_crop
+    if config.mode == "multiscale":
+        settings["scales"] = list(config.scales)
+        settings["flip"] = config.flip
+    return settings
+
+
+class TeacherLabeler:
+    """The Ray Data UDF: labels a batch of (index, path) rows and writes them into the store.
+
+    One instance per actor; the teacher is loaded once. Returns one small row per image: index,
+    outcome (done, failed, or skipped when the image was already done), reason, seconds.
+    """
+
+    def __init__(
+        self,
+        store_path: str,
+        checkpoint: str,
+        settings: dict,
+        run: int,
+        cpus: float = 1.0,
+        gpus: float = 0.0,
+        channels_last: bool = False,
+    ) -> None:
+        # Ray gives an actor a share of the cores; more torch threads than that only contend.
+        self.threads = max(1, int(cpus))
+        torch.set_num_threads(self.threads)
+        self.device = "cuda" if gpus > 0 else "cpu"
+        self.model, _, _ = load_model(checkpoint, self.device)
+        self.store = LabelStore.open(store_path)
+        self.settings = settings
+        self.run = run
+        self.channels_last = channels_last
+        self.decoder = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        indices = [int(i) for i in batch["index"]]
+        outcomes = {i: (SKIPPED, "") for i in indices}
+        # A retried batch (after an actor died) or a rerun may hold images done meanwhile.
+        done = self.store.statuses(indices) == ImageStatus.DONE
+        todo = [(i, str(p)) for i, p, d in zip(indices, batch["path"], done, strict=True) if not d]
+        images: dict[int, np.ndarray] = {}
+        for (index, _), result in zip(todo, self._decode([p for _, p in todo]), strict=True):
+            if isinstance(result, DataError):
+                self.store.mark_failed(index, result.problem)
+                outcomes[index] = (FAILED, result.problem)
+            else:
+                images[index] = result
+        for group in _same_size_groups(images):
+            self._label_group(group, [images[i] for i in group])
+            outcomes.update({i: (DONE, "") for i in group})
+        seconds = (time.perf_counter() - start) / max(1, len(indices))
+        return {
+            "index": np.array(indices, dtype=np.int64),
+            "outcome": np.array([outcomes[i][0] for i in indices]),
+            "reason": np.array([outcomes[i][1] for i in indices]),
+            "seconds": np.full(len(indices), seconds),
+        }
+
+    def _decode(self, paths: list[str]) -> list[np.ndarray | DataError]:
+        if self.decoder is None:
+            return [_read_or_error(path) for path in paths]
+        # OpenCV releases the GIL while decoding, so threads decode in parallel.
+        return list(self.decoder.map(_read_or_error, paths))
+
+    def _label_group(self, indices: list[int], images: list[np.ndarray]) -> None:
+        batch = torch.from_numpy(np.stack(images))
+        if self.device == "cuda":
+            batch = batch.pin_memory()  # uint8 goes to the GPU asynchronously, normalized there
+        labels, confidence = predict_batch(
+            self.model,
+            batch,
+            mode=self.settings["mode"],
+            scales=self.settings.get("scales", (1.0,)),
+            flip=self.settings.get("flip", False),
+            crop=self.settings.get("crop", 512),
+            device=self.device,
+            bf16=self.settings["precision"] == "bf16",
+            channels_last=self.channels_last,
+        )
+        confidence_u8 = confidence.mul(255).round_().to(torch.uint8).numpy()
+        for k, index in enumerate(indices):
+            label = labels[k].numpy()
+            centroids = find_centroids(
+                label, self.settings["min_centroid_area"], self.store.label_space.ignore_index
+            )
+            self.store.write(index, label, confidence_u8[k], centroids, run=self.run)
+
+
+def _read_or_error(path: str) -> np.ndarray | DataError:
+    try:
+        return read_image(path)
+    except DataError as exc:
+        return exc
+
+
+def _same_size_groups(images: dict[int, np.ndarray]) -> list[list[int]]:
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, image in images.items():
+        groups.setdefault(image.shape, []).append(index)
+    return list(groups.values())
+
+
+def source_image_paths(config: LabelJobConfig) -> list[str]:
+    """The source's images as absolute paths, sorted; the store refers to images by these."""
+    paths = [os.path.abspath(p) for p in open_source(config.source).image_paths()]
+    return sorted(paths)
+
+
+def run(config: LabelJobConfig, progress_bar: bool = True) -> dict:
+    """Label every image of the source that the store does not hold as done yet.
+
+    Returns:
+        What happened: store path, run number, images in the store, done and failed overall,
+        labeled, failed and skipped in this run, seconds, seconds until the first result (Ray
+        Data and actor start-up) and images per second.
+    """
+    checkpoint = load_checkpoint(config.teacher_checkpoint)
+    label_space = LabelSpace.from_dict(checkpoint["label_space"])
+    teacher = describe_teacher(config.teacher_checkpoint, checkpoint)
+    del checkpoint  # the actors load the weights; the driver needs only the identity
+    settings = inference_settings(config)
+    store = open_for_labeling(
+        config.store,
+        source_image_paths(config),
+        label_space,
+        teacher,
+        settings,
+        config.overwrite,
+    )
+    status = store.statuses()
+    todo = store.pending_indices(include_failed=config.retry_failed)
+    run_number = store.start_run(config.model_dump(mode="json"))
+    # Progress counts from what this run starts with: images done, and failures not retried.
+    before = {
+        DONE: int((status == ImageStatus.DONE).sum()),
+        FAILED: 0 if config.retry_failed else int((status == ImageStatus.FAILED).sum()),
+    }
+    counts = {DONE: 0, FAILED: 0, SKIPPED: 0}
+    first_result_s = 0.0
+    start = time.perf_counter()
+    state = "failed"
+    try:
+        if len(todo):
+            results = _label_dataset(config, store, todo, settings, run_number)
+            counts, first_result_s = _follow(
+                results, store, run_number, len(todo), before, progress_bar
+            )
+        state = "finished"
+    finally:
+        seconds = time.perf_counter() - start
+        status = store.statuses()
+        n_done = int((status == ImageStatus.DONE).sum())
+        n_failed = int((status == ImageStatus.FAILED).sum())
+        rate = counts[DONE] / seconds if seconds > 0 else 0.0
+        store.set_progress(run_number, state, n_done, n_failed, store.n_images, rate)
+    return {
+        "store": str(store.path),
+        "run": run_number,
+        "n_images": store.n_images,
+        "n_done": n_done,
+        "n_failed": n_failed,
+        "labeled": counts[DONE],
+        "failed": counts[FAILED],
+        "skipped": counts[SKIPPED],
+        "seconds": round(seconds, 3),
+        "first_result_s": round(first_result_s, 3),
+        "images_per_s": round(rate, 3),
+    }
+
+
+def _label_dataset(
+    config: LabelJobConfig,
+    store: LabelStore,
+    todo: np.ndarray,
+    settings: dict,
+    run_number: int,
+) -> ray.data.Dataset:
+    init_ray(config.ray_address)
+    # Our own progress bar and the store's progress replace Ray Data's bars.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    paths = store.image_paths()
+    rows = ray.data.from_items([{"index": int(i), "path": paths[i]} for i in todo])
+    return rows.map_batches(
+        TeacherLabeler,
+        fn_constructor_kwargs={
+            "store_path": str(store.path),
+            "checkpoint": os.path.abspath(config.teacher_checkpoint),
+            "settings": settings,
+            "run": run_number,
+            "cpus": config.cpus_per_actor,
+            "gpus": config.gpus_per_actor,
+            "channels_last": config.channels_last,
+        },
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=config.num_actors),
+        num_cpus=config.cpus_per_actor,
+        num_gpus=config.gpus_per_actor,
+    )
+
+
+def _follow(
+    results: ray.data.Dataset,
+    store: LabelStore,
+    run_number: int,
+    total: int,
+    before: dict[str, int],
+    progress_bar: bool,
+) -> tuple[dict[str, int], float]:
+    """Count the result rows as they stream in, updating the bar and the store's progress.
+
+    Returns:
+        The counts of each outcome, and the seconds until the first result (actor start-up).
+    """
+    counts = {DONE: 0, FAILED: 0, SKIPPED: 0}
+    start = last_published = time.perf_counter()
+    first_result_s = None
+    with tqdm(total=total, desc="labeling", unit="img", disable=not progress_bar) as bar:
+        for row in results.iter_rows():
+            if first_result_s is None:
+                first_result_s = time.perf_counter() - start
+            outcome = str(row["outcome"])
+            counts[outcome] += 1
+            if outcome == FAILED:
+                tqdm.write(f"failed: image {row['index']}: {row['reason']}")
+            bar.update(1)
+            now = time.perf_counter()
+            if now - last_published >= PROGRESS_INTERVAL_S:
+                last_published = now
+                store.set_progress(
+                    run_number,
+                    "running",
+                    before[DONE] + counts[DONE] + counts[SKIPPED],
+                    before[FAILED] + counts[FAILED],
+                    store.n_images,
+                    counts[DONE] / (now - start),
+                )
+    return counts, first_result_s or 0.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_config(__doc__.splitlines()[0], LabelJobConfig, argv)
+    result = run(config)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,9 @@
 """Service settings, read from the environment with the prefix ``SELFTRAIN_``.
 
 ``SELFTRAIN_API_TOKEN`` has no default: a control plane that starts Ray jobs on request must not
-come up open by accident. Lists such as ``SELFTRAIN_DATA_ROOTS`` are JSON (``'["/data"]'``).
+come up open by accident (``selftrain serve`` makes up a random one and prints it when it is unset).
+Without ``SELFTRAIN_RAY_ADDRESS``, ``selftrain serve`` starts a Ray head of its own on this machine.
+Lists such as ``SELFTRAIN_DATA_ROOTS`` are JSON (``'["/data"]'``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ class Settings(BaseSettings):
 
     Attributes:
         api_token: The bearer token every ``/api`` route except health requires.
-        ray_address: The Ray dashboard (job server) address the jobs are submitted to.
+        ray_address: The Ray dashboard (job server) address the jobs are submitted to, e.g.
+            ``http://head:8265``; None: ``selftrain serve`` starts a local Ray head and uses it.
+        local_ray_cpus: CPUs of that local head; default: all of this machine's.
         database_url: SQLAlchemy URL; defaults to a SQLite file in ``workdir``.
         data_roots: Folders that dataset, checkpoint, store and output paths must lie in.
         workdir: Where the service writes stage configs and, unless a spec names an output, outputs.
@@ -37,7 +41,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SELFTRAIN_", extra="ignore")
 
     api_token: SecretStr = Field(min_length=1)
-    ray_address: str = "http://127.0.0.1:8265"
+    ray_address: str | None = None
+    local_ray_cpus: int | None = Field(default=None, gt=0)
     database_url: str | None = None
     data_roots: list[Path] = Field(default_factory=lambda: [Path.cwd()])
     workdir: Path = Path("selftrain-runs")
@@ -54,6 +59,8 @@ class Settings(BaseSettings):
         # Absolute, symlink-free roots: path checks compare resolved paths against these.
         self.data_roots = [root.expanduser().resolve() for root in self.data_roots]
         self.workdir = self.workdir.expanduser().resolve()
+        # `SELFTRAIN_RAY_ADDRESS=` (set but empty) means no address, as unset does.
+        self.ray_address = self.ray_address or None
         if self.database_url is None:
             self.database_url = f"sqlite:///{self.workdir / 'service.db'}"
         if not self.data_roots:

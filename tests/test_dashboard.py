@@ -1,36 +1,25 @@
 """The dashboard in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by
-selenium): sign in, open a finished run, see its stages, charts, class distribution, pseudo-label
-overlays and logs, then upload an image on the predict page and see the mask. Leaves screenshots in
-docs/ (dashboard.png, dashboard-predict.png).
+selenium), clicking through a run that really ran: sign in, open the finished run, see its stages
+with their Ray submission ids, the metric charts of its epochs, the pseudo-label class distribution
+and overlays, and a job's log; then upload an image on the predict page and see the mask.
 
-The run is finished by a job backend in memory whose jobs write real artifacts at once (a checkpoint
-of the "small" model, metrics, a label store), served by uvicorn on a free local port.
+The Ray head, the service (``selftrain serve``) and the finished run are test_service_helpers'
+session fixtures, shared with tests/test_service_e2e.py. Screenshots go to
+``$SELFTRAIN_SCREENSHOT_DIR`` if set, else to a temporary folder (docs/dashboard.png and
+docs/dashboard-predict.png were made that way, on purpose, not by every test run).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
-import httpx
-import numpy as np
 import pytest
-import uvicorn
-from test_service_helpers import (
-    AUTH,
-    TOKEN,
-    SucceedingBackend,
-    make_settings,
-    small_run_spec,
-    write_scenes,
-)
+from test_service_helpers import LIVE_EPOCHS, LIVE_IMAGE_SIZE, TOKEN
 
-from services.app import create_app
+pytest_plugins = ["test_service_helpers"]
 
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 
@@ -42,50 +31,6 @@ pytestmark = [
         "chromium-driver)",
     ),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The service on a free port, with one finished run; yields (base url, run id, image path)."""
-    root = tmp_path_factory.mktemp("dashboard")
-    data = root / "data"
-    images = write_scenes(data / "labeled", n=4, size=(96, 192))
-    write_scenes(data / "unlabeled", n=4, size=(96, 192), split="extra")
-    settings = make_settings(root, poll_interval_s=0.2)
-    app = create_app(settings, SucceedingBackend())
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    spec = small_run_spec(data)
-    spec["name"] = "synthetic-demo"
-    spec["label"]["sources"][0]["root"] = str(data / "unlabeled" / "leftImg8bit")
-    for stage in ("teacher", "student"):
-        spec[stage]["train"] = {**spec[stage]["train"], "epochs": 8}
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.1)
-        client = httpx.Client(base_url=url, headers=AUTH, timeout=60)
-        run_id = client.post("/api/runs", json=spec).raise_for_status().json()["id"]
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            run = client.get(f"/api/runs/{run_id}").json()
-            if run["status"] == "SUCCEEDED":
-                break
-            time.sleep(0.2)
-        assert run["status"] == "SUCCEEDED", run
-        yield url, run_id, images[0]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +62,14 @@ def browser(tmp_path_factory):
         driver.quit()
 
 
+@pytest.fixture(scope="module")
+def screenshot_dir(tmp_path_factory) -> Path:
+    folder = os.environ.get("SELFTRAIN_SCREENSHOT_DIR")
+    path = Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _wait(driver, condition, timeout: float = 20.0):
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -131,62 +84,78 @@ def _loaded_images(driver, selector: str) -> int:
     return driver.execute_script(script, selector)
 
 
-def test_click_through_a_finished_run(server, browser):
+def _shares(summary: dict) -> dict[str, str]:
+    """Each class's share of the pseudo-labeled pixels as the dashboard prints it ("12.3%")."""
+    pixels = summary["pixels_per_class"]
+    total = sum(pixels.values()) or 1
+    return {name: f"{100 * count / total:.1f}%" for name, count in pixels.items()}
+
+
+def test_click_through_a_finished_run(live_service, finished_run, browser, screenshot_dir):
     from selenium.webdriver.common.by import By
 
-    url, run_id, _ = server
-    browser.get(f"{url}/#token={TOKEN}")
-    item = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, f'li[data-run-id="{run_id}"]'))
+    run = finished_run
+    browser.get(f"{live_service.url}/#token={TOKEN}")
+    run_item = f'li[data-run-id="{run["id"]}"]'
+    item = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, run_item))
     assert "synthetic-demo" in item.text and "3/3 stages" in item.text
     assert "token" not in browser.current_url  # the token left the address bar
     item.click()
 
-    def stage_statuses(d):
-        rows = d.find_elements(By.CSS_SELECTOR, "#stages tr[data-stage]")
-        return [r.find_element(By.CSS_SELECTOR, ".status").text for r in rows] or None
+    def stage_rows(d):
+        return d.find_elements(By.CSS_SELECTOR, "#stages tr[data-stage]") or None
 
-    assert _wait(browser, stage_statuses) == ["SUCCEEDED"] * 3
-    names = [
-        r.get_attribute("data-stage")
-        for r in browser.find_elements(By.CSS_SELECTOR, "#stages tr[data-stage]")
-    ]
-    assert names == ["teacher", "label-0", "student"]
-    # Three charts (loss, val mIoU, crop size) for each trained stage, 8 epochs each.
+    rows = _wait(browser, stage_rows)
+    assert [r.get_attribute("data-stage") for r in rows] == ["teacher", "label-0", "student"]
+    assert [r.find_element(By.CSS_SELECTOR, ".status").text for r in rows] == ["SUCCEEDED"] * 3
+    # The ids Ray ran the jobs under (test_service_e2e asks Ray about the same ids).
+    shown_ids = [r.find_element(By.TAG_NAME, "code").text for r in rows]
+    stages = ["teacher", "label-0", "student"]
+    assert shown_ids == [f"selftrain-{run['id']}-{i}-{name}" for i, name in enumerate(stages)]
+
+    # Loss, val mIoU and crop size for each trained stage, one point per epoch the job reported.
     charts = browser.find_elements(By.CSS_SELECTOR, "svg.chart")
     assert len(charts) == 6
-    assert len(charts[0].find_elements(By.CSS_SELECTOR, "circle")) == 8
-    # The class distribution: the store labels half of every image road, half sky.
+    assert [len(c.find_elements(By.CSS_SELECTOR, "circle")) for c in charts] == [LIVE_EPOCHS] * 6
+    teacher_losses = [m["loss"] for m in run["stages"][0]["metrics"]]
+    assert len(teacher_losses) == LIVE_EPOCHS and all(loss > 0 for loss in teacher_losses)
+
+    # The class distribution the teacher's pseudo labels have, as the label store counted it.
+    summary = run["stages"][1]["summary"]
     grid = browser.find_element(By.CSS_SELECTOR, '[data-card="label-0"] .classes').text
-    assert "road\n" in grid and "50.0%" in grid
-    # Four images beside their pseudo-label overlays.
+    top_class, top_share = max(_shares(summary).items(), key=lambda kv: float(kv[1][:-1]))
+    assert f"{top_class}\n" in grid and top_share in grid
+    # Up to four images beside their pseudo-label overlays, decoded by the browser.
     assert _wait(browser, lambda d: _loaded_images(d, ".samples img") == 8)
 
-    teacher_row = browser.find_element(By.CSS_SELECTOR, 'tr[data-stage="teacher"]')
-    teacher_row.find_element(By.TAG_NAME, "button").click()
+    browser.find_element(By.CSS_SELECTOR, 'tr[data-stage="teacher"] button').click()
     logs = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "pre.logs"))
-    assert "Running entrypoint for job selftrain-" in logs.text
+    assert f"Running entrypoint for job {shown_ids[0]}" in logs.text
     browser.execute_script("window.scrollTo(0, 0)")
-    (REPO / "docs").mkdir(exist_ok=True)
-    assert browser.save_screenshot(str(REPO / "docs" / "dashboard.png"))
+    assert browser.save_screenshot(str(screenshot_dir / "dashboard.png"))
 
 
-def test_predict_page_shows_the_mask(server, browser):
+def test_predict_page_shows_the_mask(live_service, finished_run, browser, screenshot_dir):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    url, run_id, image = server
-    browser.get(f"{url}/#predict")
+    image = next((live_service.root / "data" / "labeled" / "leftImg8bit").rglob("*.png"))
+    browser.get(f"{live_service.url}/#token={TOKEN}")
+    browser.get(f"{live_service.url}/#predict")
     _wait(browser, lambda d: d.find_element(By.ID, "predict-page").is_displayed())
     select = Select(_wait(browser, lambda d: d.find_element(By.ID, "predict-run")))
-    _wait(browser, lambda d: len(select.options) > 0)
-    select.select_by_value(run_id)
+
+    def lists_the_run(d) -> bool:
+        return finished_run["id"] in [o.get_attribute("value") for o in select.options]
+
+    _wait(browser, lists_the_run)
+    select.select_by_value(finished_run["id"])
     browser.find_element(By.ID, "predict-image").send_keys(str(image))
     browser.find_element(By.ID, "predict-button").click()
-    _wait(browser, lambda d: _loaded_images(d, "#predicted") == 1)
+    _wait(browser, lambda d: _loaded_images(d, "#predicted") == 1, timeout=60)
     size = browser.execute_script(
         "const i = document.getElementById('predicted'); return [i.naturalHeight, i.naturalWidth]"
     )
-    assert size == [96, 192]
+    assert size == list(LIVE_IMAGE_SIZE)
     assert browser.find_element(By.ID, "predict-error").text == ""
-    assert browser.save_screenshot(str(REPO / "docs" / "dashboard-predict.png"))
-    assert np.prod(size) > 0
+    assert browser.save_screenshot(str(screenshot_dir / "dashboard-predict.png"))

@@ -1,18 +1,32 @@
-"""Shared pieces of the service tests: a job backend in memory, settings in a temporary folder, and
-small real artifacts (synthetic scenes, a checkpoint of the "small" model, a label store).
+"""Shared pieces of the service tests: a job backend in memory, settings in a temporary folder,
+small real artifacts (synthetic scenes, a checkpoint of the "small" model, a label store), and the
+service as a real process on a real Ray head.
 
-Imported by the other tests/test_service*.py and tests/test_dashboard.py files.
+Imported by the other tests/test_service*.py, tests/test_dashboard.py and tests/test_serve_local.py
+files. test_service_e2e.py and test_dashboard.py also load it as a pytest plugin
+(``pytest_plugins``), so its session fixtures (one Ray head, one service, one finished run) are set
+up once for both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from services.backend import JobInfo
+from services.localray import LocalRayError, LocalRayHead, free_port, ray_command
 from services.settings import Settings
 
 TOKEN = "test-token"
@@ -213,3 +227,262 @@ class SucceedingBackend(FakeBackend):
     def _run(self, submission_id: str, entrypoint: str) -> None:
         fake_job_outputs(entrypoint)
         self.set(submission_id, "SUCCEEDED", "Job finished successfully.", logs="done\n")
+
+
+# ---- the service as a process on a real Ray head ------------------------------------------------
+
+# Epochs of each training stage of the live run: two points in every metric chart.
+LIVE_EPOCHS = 2
+LIVE_IMAGE_SIZE = (96, 192)
+STAGE_TIMEOUT_S = 420
+
+
+def live_run_spec(data: Path, name: str, teacher: dict | None = None, epochs: int = LIVE_EPOCHS):
+    """A run spec for a real cluster over ``write_live_data``'s scenes: the "small" model, 48-pixel
+    crops, batches of 4, validated on the labeled scenes; a few seconds of work per stage."""
+    labeled = labeled_source(data / "labeled")
+    train = {
+        "model": "small",
+        "labeled": labeled,
+        "val": labeled,
+        "epochs": epochs,
+        "schedule": {"crop_sizes": [48], "base_batch_size": 4},
+        "ohem": False,
+    }
+    unlabeled = {"format": "folder", "root": str(data / "unlabeled" / "leftImg8bit")}
+    return {
+        "name": name,
+        "teacher": teacher or {"train": train},
+        "label": {"sources": [unlabeled], "options": {"batch_size": 4}},
+        "student": {"train": {**train, "real_pseudo_ratio": 1.0}},
+    }
+
+
+def write_live_data(data: Path) -> list[Path]:
+    """Eight labeled and eight unlabeled scenes; returns the labeled images."""
+    write_scenes(data / "unlabeled", n=8, size=LIVE_IMAGE_SIZE, split="extra")
+    return write_scenes(data / "labeled", n=8, size=LIVE_IMAGE_SIZE)
+
+
+def wait_for_url(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
+    """Return once ``url`` answers 2xx; fail at once when ``process`` exits first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+
+
+def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: float = 30) -> int:
+    """Send ``sig`` to ``process`` (started in a session of its own), wait up to ``grace_s``, then
+    SIGKILL what is left of its process group; returns its exit status."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    return process.wait()
+
+
+def service_env(root: Path, **variables: str) -> dict[str, str]:
+    """This process's environment without any SELFTRAIN_ or Ray address and auth variables, plus
+    a data root ``root/data``, the workdir ``root/work``, this interpreter for the jobs, a short
+    poll interval, and ``variables``."""
+    dropped = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFTRAIN_")}
+    env = {k: v for k, v in env.items() if k not in dropped}
+    return {
+        **env,
+        "SELFTRAIN_DATA_ROOTS": json.dumps([str(root / "data")]),
+        "SELFTRAIN_WORKDIR": str(root / "work"),
+        "SELFTRAIN_JOB_PYTHON": sys.executable,
+        "SELFTRAIN_POLL_INTERVAL_S": "0.5",
+        **variables,
+    }
+
+
+class ServiceProcess:
+    """``selftrain serve`` as a child process; ``kill`` and ``start`` again keep its database.
+
+    Args:
+        root: Holds ``data/`` and ``work/`` (see ``service_env``) and the service's logs.
+        env: The service's whole environment.
+        token: The API token for requests; None: read the one the service prints at start.
+        head: The Ray head it uses, if the test started one (checked while waiting for a run).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        env: dict[str, str],
+        token: str | None = TOKEN,
+        head: LocalRayHead | None = None,
+    ) -> None:
+        self.root = root
+        self.env = env
+        self.token = token
+        self.head = head
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / f"service-{self.starts}.log"
+
+    def start(self, timeout_s: float = 240) -> None:
+        """Start the service and wait for its health check (a local Ray head takes a while)."""
+        self.starts += 1
+        command = [sys.executable, "-m", "selftrain.cli", "serve", "--port", str(self.port)]
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                command,
+                env=self.env,
+                cwd=self.root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_for_url(f"{self.url}/api/health", timeout_s, self.process)
+        except (RuntimeError, TimeoutError) as exc:
+            raise AssertionError(f"{exc}; its log:\n{self.log()[-4000:]}") from exc
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash ends it."""
+        self._end(signal.SIGKILL)
+
+    def stop(self) -> int | None:
+        """SIGTERM, as a process manager stops it; returns its exit status (None: not running)."""
+        return self._end(signal.SIGTERM)
+
+    def _end(self, sig: int) -> int | None:
+        process, self.process = self.process, None
+        return None if process is None else stop_process(process, sig)
+
+    def request(self, method: str, path: str, body=None, headers=None) -> tuple[int, bytes, str]:
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        all_headers = {"Authorization": f"Bearer {self.token}", **(headers or {})}
+        if isinstance(body, dict):
+            all_headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers=all_headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, response.read(), response.headers["Content-Type"]
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read(), exc.headers["Content-Type"]
+
+    def json(self, method: str, path: str, body=None):
+        status, data, _ = self.request(method, path, body)
+        assert status < 300, (status, data)
+        return json.loads(data)
+
+    def wait_until(self, run_id: str, done: Callable[[dict], bool], timeout_s: float) -> dict:
+        """The run once ``done(run)``; fails with the stages' logs when it failed or stalled."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            run = self.json("GET", f"/api/runs/{run_id}")
+            if done(run):
+                return run
+            if run["status"] in ("FAILED", "STOPPED"):
+                break
+            if self.head is not None:
+                assert self.head.alive(), f"the Ray head died:\n{self.head.log_tail()}"
+            time.sleep(0.5)
+        logs = {
+            s["name"]: self.request("GET", f"/api/runs/{run_id}/stages/{s['name']}/logs")[1][-3000:]
+            for s in run["stages"]
+            if s["submission_id"]
+        }
+        raise AssertionError(f"run {run_id} stuck or failed: {json.dumps(run)[:3000]}\n{logs}")
+
+
+# The live fixtures are session-scoped so that test_service_e2e.py and test_dashboard.py share one
+# run. Pytest keeps a session fixture until the whole suite ends, which would leave the service and
+# its Ray head (over a gigabyte of memory) running beside unrelated tests; the two hooks below
+# (active where this module is loaded as a plugin) stop them after the last test that uses them.
+_LAST_LIVE_TEST = pytest.StashKey["pytest.Item | None"]()
+_live_cleanups: list[Callable[[], object]] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    users = [item for item in items if "ray_head" in getattr(item, "fixturenames", ())]
+    config.stash[_LAST_LIVE_TEST] = users[-1] if users else None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    result = yield
+    if item is item.config.stash.get(_LAST_LIVE_TEST, None):
+        while _live_cleanups:
+            _live_cleanups.pop()()
+    return result
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory) -> Iterator[LocalRayHead]:
+    """A Ray head with 2 CPUs on free ports; a start that times out on a busy machine is tried
+    once more."""
+    try:
+        ray_command()
+    except LocalRayError as exc:
+        pytest.skip(str(exc))
+    folder = tmp_path_factory.mktemp("ray")
+    for attempt in range(2):
+        head = LocalRayHead(num_cpus=2, log_path=folder / f"head-{attempt}.log")
+        try:
+            head.start(timeout_s=180)
+            break
+        except LocalRayError as exc:
+            error = exc
+    else:
+        pytest.fail(f"the Ray head did not start: {error}")
+    _live_cleanups.append(head.stop)
+    try:
+        yield head
+    finally:
+        head.stop()
+
+
+@pytest.fixture(scope="session")
+def live_service(ray_head: LocalRayHead, tmp_path_factory) -> Iterator[ServiceProcess]:
+    """``selftrain serve`` on ``ray_head`` over ``write_live_data``'s scenes in ``root/data``."""
+    root = tmp_path_factory.mktemp("live")
+    write_live_data(root / "data")
+    env = service_env(
+        root,
+        SELFTRAIN_API_TOKEN=TOKEN,
+        SELFTRAIN_RAY_ADDRESS=ray_head.address,
+        **ray_head.client_env,
+    )
+    service = ServiceProcess(root, env, head=ray_head)
+    _live_cleanups.append(service.stop)
+    try:
+        service.start()
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def finished_run(live_service: ServiceProcess) -> dict:
+    """One run (teacher -> label -> student) finished on ``live_service``, as the API shows it."""
+    spec = live_run_spec(live_service.root / "data", "synthetic-demo")
+    created = live_service.json("POST", "/api/runs", spec)
+    return live_service.wait_until(created["id"], succeeded, 3 * STAGE_TIMEOUT_S)
+
+
+def succeeded(run: dict) -> bool:
+    return run["status"] == "SUCCEEDED"

@@ -1,9 +1,9 @@
 """Pydantic configs shared by the jobs (which read them from YAML/JSON files) and the control plane
 (which takes them as REST bodies and shows them on the dashboard).
 
-Only plain values live here; nothing touches the file system when a config is built, so a config can be
-validated anywhere. Checks that need the data (paths exist, crop fits the images) are done by the code
-that opens the data.
+Only plain values live here; nothing touches the file system when a config is built, so a config
+can be validated anywhere. Checks that need the data (paths exist, crop fits the images) are done
+by the code that opens the data.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ class StrictModel(BaseModel):
 class DataSource(StrictModel):
     """Where images (and, for labeled data, labels) come from.
 
-    ``format``: ``cityscapes`` (leftImg8bit + gtFine), ``cityscapes_coarse`` (leftImg8bit images of a gtCoarse
-    split, used unlabeled), ``camvid`` (SegNet layout), ``folder`` (images only, recursive), ``paired``
-    (``images/`` + ``labels/`` with matching stems, needs ``classes``).
+    ``format``: ``cityscapes`` (leftImg8bit + gtFine), ``cityscapes_coarse`` (leftImg8bit images
+    of a gtCoarse split, used unlabeled), ``camvid`` (SegNet layout), ``folder`` (images only,
+    recursive), ``paired`` (``images/`` + ``labels/`` with matching stems, needs ``classes``).
     """
 
     format: DatasetFormat

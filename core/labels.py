@@ -1,7 +1,7 @@
-"""Label spaces: class names, colors, the ignore index and the mapping from stored ids to train ids.
+"""Label spaces: class names, colors, the ignore index and the stored id -> train id mapping.
 
-A label space answers one question for every loader: given the integer values stored in a label file,
-which training class (0..num_classes-1) or ignore (255) does each pixel belong to.
+A label space answers one question for every loader: given the integer values stored in a label
+file, which training class (0..num_classes-1) or ignore (255) does each pixel belong to.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Offline checks of deploy/: every manifest parses, has what its kind needs, and names entry points and
-config files that exist in the repository and validate against the configs the jobs read."""
+"""Offline checks of deploy/: every manifest parses, has what its kind needs, and names entry
+points and config files that exist in the repository and validate against the jobs' configs."""
 
 from __future__ import annotations
 

@@ -199,8 +199,11 @@ def test_a_worker_killed_mid_run_resumes_from_the_last_checkpoint(ray_local, sce
             epochs_by_pid.setdefault(event["pid"], []).append(event["epoch"])
     first, second = epochs_by_pid.values()
     assert first[:2] == [0, 1]
-    # The restarted workers begin at epoch 2 (the last checkpoint is epoch 1's), not at 0.
-    assert second == [2, 3]
+    # The restarted workers begin after the last checkpoint the controller had registered, not at 0:
+    # usually epoch 1's (so they start at 2), but Ray's controller collects reports every poll
+    # interval, and on a loaded machine the kill can beat epoch 1's report (they start at 1).
+    assert second[0] in (1, 2)
+    assert second == list(range(second[0], 4))
     assert [r["epoch"] for r in _metrics(config)] == [0, 1, 2, 3]
     assert summary["epochs_done"] == 4
     assert load_checkpoint(summary["last_checkpoint"])["epoch"] == 4

@@ -34,7 +34,7 @@ SCHEDULE = ScheduleConfig(
 )
 # Ray Train's controller collects each report on its next poll (2 s by default); tiny CPU epochs
 # last far less, so poll often to keep the tests short.
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,136 @@
+"""The demo: its pieces on hand-made inputs, and the quick variant end to end on Ray."""
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import ray
+
+from core.centroids import find_centroids
+from core.datasets import cityscapes
+from core.labels import CITYSCAPES
+from core.store import LabelStore
+from jobs.demo import (
+    DemoConfig,
+    DemoPaths,
+    class_table,
+    format_table,
+    run_demo,
+    write_demo_data,
+    write_pseudo_label_picture,
+)
+
+# Ray Train's controller collects each epoch's report on its next poll (2 s by default); the quick
+# demo's epochs are far shorter.
+RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+
+
+def test_class_table_lists_the_classes_either_model_has():
+    teacher = {"per_class_iou": {"road": 0.5, "sky": None, "car": 0.25, "bus": None}}
+    student = {"per_class_iou": {"road": 0.75, "sky": None, "car": None, "bus": 0.1}}
+    rows = class_table(teacher, student)
+    assert rows == [
+        {"class": "road", "teacher_iou": 0.5, "student_iou": 0.75, "delta": 0.25},
+        {"class": "car", "teacher_iou": 0.25, "student_iou": None, "delta": None},
+        {"class": "bus", "teacher_iou": None, "student_iou": 0.1, "delta": None},
+    ]
+
+
+def test_format_table_prints_percent_and_signed_deltas():
+    rows = [{"class": "road", "teacher_iou": 0.5, "student_iou": 0.75, "delta": 0.25}]
+    text = format_table(rows, [("mIoU", 0.4, 0.35)])
+    lines = text.splitlines()
+    assert lines[0].split() == ["class", "teacher", "student", "delta"]
+    assert lines[1].split() == ["road", "50.0", "75.0", "+25.0"]
+    assert lines[-1].split() == ["mIoU", "40.0", "35.0", "-5.0"]
+
+
+def test_pseudo_label_picture_puts_each_image_next_to_its_colored_label(tmp_path):
+    images = []
+    for i, color in enumerate([(255, 0, 0), (0, 0, 255)]):
+        path = tmp_path / f"image{i}.png"
+        cv2.imwrite(str(path), np.full((8, 16, 3), color[::-1], np.uint8))  # written as BGR
+        images.append(str(path))
+    store = LabelStore.create(tmp_path / "store", images, [(8, 16)] * 2, CITYSCAPES, {}, {})
+    for i in range(2):
+        label = np.full((8, 16), 13 if i == 0 else 0, np.uint8)  # car, road
+        store.write(i, label, np.full((8, 16), 255, np.uint8), find_centroids(label))
+
+    out = write_pseudo_label_picture(tmp_path / "store", tmp_path / "picture.png", rows=2, gap=4)
+
+    picture = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    assert picture.shape == (8 + 4 + 8, 16 + 4 + 16, 3)
+    palette = CITYSCAPES.palette()
+    assert picture[0, 0].tolist() == [255, 0, 0]  # first image
+    assert picture[0, 20].tolist() == palette[13].tolist()  # its label: car
+    assert picture[8, 0].tolist() == [255, 255, 255]  # the gap between rows
+    assert picture[12, 0].tolist() == [0, 0, 255]  # second image
+    assert picture[12, 20].tolist() == palette[0].tolist()  # its label: road
+
+
+def test_demo_data_has_no_labels_for_the_unlabeled_scenes(tmp_path):
+    config = DemoConfig(
+        height=32, width=64, n_labeled=3, n_unlabeled_source=2, n_unlabeled_target=1, n_test=2
+    )
+    paths = DemoPaths(tmp_path)
+    counts = write_demo_data(paths, config)
+    assert counts == {
+        "source_train": 3,
+        "source_test": 2,
+        "target_test": 2,
+        "source_unlabeled": 2,
+        "target_unlabeled": 1,
+    }
+    assert len(cityscapes(paths.source, "train")) == 3
+    assert len(cityscapes(paths.target, "test")) == 2
+    assert len(list(paths.unlabeled.rglob("*.png"))) == 3
+    assert not (paths.unlabeled / "gtFine").exists()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    saved = {key: os.environ.get(key) for key in RAY_ENV}
+    os.environ.update(RAY_ENV)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_end_to_end(ray_local, tmp_path):
+    lines: list[str] = []
+    result = run_demo(tmp_path / "demo", quick=True, progress=False, echo=lines.append)
+
+    assert {"teacher_miou", "student_miou", "workdir"} <= result.keys()
+    for key in ("teacher_miou", "student_miou", "teacher_target_miou", "student_target_miou"):
+        assert 0.0 <= result[key] <= 1.0, key
+    assert result["workdir"] == str((tmp_path / "demo").resolve())
+    artifacts = result["artifacts"]
+    for key in ("teacher_checkpoint", "student_checkpoint", "pseudo_label_picture", "results"):
+        assert os.path.isfile(artifacts[key]), key
+    config = DemoConfig.quick()
+    store = LabelStore.open(artifacts["label_store"], read_only=True)
+    assert len(store.done_indices()) == config.n_unlabeled_source + config.n_unlabeled_target
+    picture = cv2.imread(artifacts["pseudo_label_picture"])
+    assert picture.shape[1] == 2 * config.width + 4
+    assert json.loads(Path(artifacts["results"]).read_text()) == json.loads(json.dumps(result))
+
+    # Every class of the held-out source scenes has a row, in the result and in the printed table.
+    test_set = cityscapes(tmp_path / "demo" / "data" / "source", "test")
+    present = set()
+    for i in range(len(test_set)):
+        present |= {int(c) for c in np.unique(test_set.load_label(i)) if c != 255}
+    listed = {row["class"] for row in result["per_class"]}
+    assert {CITYSCAPES.names[c] for c in present} <= listed
+    printed = "\n".join(lines)
+    for name in listed:
+        assert f"\n{name} " in printed
+    assert "mIoU source" in printed

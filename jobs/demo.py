@@ -68,7 +68,7 @@ class DemoConfig(BaseModel):
     """The demo's data sizes and training settings.
 
     The defaults are tuned so that on a 2-core CPU the demo finishes in about ten minutes and the
-    student beats the teacher on the held-out source scenes (the tuning is still under way: see the note on issue 6).
+    student beats the teacher on the held-out source scenes (tuning still under way, see issue 6).
     ``DemoConfig.quick()`` is the CI variant: tiny sizes, about a minute, no claim about who wins.
 
     Attributes:

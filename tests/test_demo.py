@@ -1,13 +1,14 @@
-"""The demo: its pieces on hand-made inputs, and the quick variant end to end on Ray."""
+"""The demo: its pieces on hand-made inputs, and `selftrain demo --quick` end to end."""
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import ray
 
 from core.centroids import find_centroids
 from core.datasets import cityscapes
@@ -18,7 +19,6 @@ from jobs.demo import (
     DemoPaths,
     class_table,
     format_table,
-    run_demo,
     write_demo_data,
     write_pseudo_label_picture,
 )
@@ -90,29 +90,29 @@ def test_demo_data_has_no_labels_for_the_unlabeled_scenes(tmp_path):
     assert not (paths.unlabeled / "gtFine").exists()
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    saved = {key: os.environ.get(key) for key in RAY_ENV}
-    os.environ.update(RAY_ENV)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
 @pytest.mark.slow
-def test_quick_demo_runs_end_to_end(ray_local, tmp_path):
-    lines: list[str] = []
-    result = run_demo(tmp_path / "demo", quick=True, progress=False, echo=lines.append)
+def test_quick_demo_command_runs_end_to_end(tmp_path):
+    """`selftrain demo --quick --json` as a user runs it: its own in-process Ray, a table, and a
+    last line of JSON."""
+    workdir = tmp_path / "demo"
+    env = {**os.environ, **RAY_ENV}
+    command = [sys.executable, "-m", "selftrain.cli", "demo", "--quick", "--json"]
+    done = subprocess.run(
+        [*command, "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout.rstrip("\n")
+    result = json.loads(printed.splitlines()[-1])
 
     assert {"teacher_miou", "student_miou", "workdir"} <= result.keys()
     for key in ("teacher_miou", "student_miou", "teacher_target_miou", "student_target_miou"):
         assert 0.0 <= result[key] <= 1.0, key
-    assert result["workdir"] == str((tmp_path / "demo").resolve())
+    assert result["workdir"] == str(workdir.resolve())
     artifacts = result["artifacts"]
     for key in ("teacher_checkpoint", "student_checkpoint", "pseudo_label_picture", "results"):
         assert os.path.isfile(artifacts[key]), key
@@ -121,16 +121,15 @@ def test_quick_demo_runs_end_to_end(ray_local, tmp_path):
     assert len(store.done_indices()) == config.n_unlabeled_source + config.n_unlabeled_target
     picture = cv2.imread(artifacts["pseudo_label_picture"])
     assert picture.shape[1] == 2 * config.width + 4
-    assert json.loads(Path(artifacts["results"]).read_text()) == json.loads(json.dumps(result))
+    assert json.loads(Path(artifacts["results"]).read_text()) == result
 
     # Every class of the held-out source scenes has a row, in the result and in the printed table.
-    test_set = cityscapes(tmp_path / "demo" / "data" / "source", "test")
+    test_set = cityscapes(workdir / "data" / "source", "test")
     present = set()
     for i in range(len(test_set)):
         present |= {int(c) for c in np.unique(test_set.load_label(i)) if c != 255}
     listed = {row["class"] for row in result["per_class"]}
     assert {CITYSCAPES.names[c] for c in present} <= listed
-    printed = "\n".join(lines)
     for name in listed:
         assert f"\n{name} " in printed
     assert "mIoU source" in printed

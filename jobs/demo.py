@@ -67,9 +67,12 @@ DEMO_OUTPUTS = ("data", "runs", "labels.zarr", "pseudo_labels.png", "results.jso
 class DemoConfig(BaseModel):
     """The demo's data sizes and training settings.
 
-    The defaults are tuned so that on a 2-core CPU the demo finishes in about ten minutes and the
-    student beats the teacher on the held-out source scenes (tuning still under way, see issue 6).
-    ``DemoConfig.quick()`` is the CI variant: tiny sizes, about a minute, no claim about who wins.
+    The defaults are tuned so that on a 2-core CPU the demo finishes in under ten minutes and the
+    student, which starts from the teacher's weights, beats the teacher on the held-out source
+    scenes (seeds 0, 1, 2: +2.2 to +2.9 mIoU). On these scenes more labeled training alone gains
+    more (docs/performance.md has the control); the demo shows the loop, docs/results.md the
+    method on real images. ``DemoConfig.quick()`` is the CI variant: tiny sizes, about a minute,
+    no claim about who wins.
 
     Attributes:
         height: Scene height in pixels.
@@ -89,6 +92,7 @@ class DemoConfig(BaseModel):
         teacher_samples_per_epoch: Crops per teacher epoch.
         student_epochs: Student epochs.
         student_samples_per_epoch: Crops per student epoch, real and pseudo together.
+        student_from_teacher: Start the student from the teacher's weights (else from scratch).
         real_pseudo_ratio: Real crops per pseudo crop in a student epoch.
         confidence_threshold: Pseudo-label pixels below this teacher confidence are ignored.
         min_centroid_area: Smallest pseudo-label region (pixels) that centroid sampling draws.
@@ -104,7 +108,7 @@ class DemoConfig(BaseModel):
     n_labeled: int = Field(default=24, gt=0)
     n_unlabeled_source: int = Field(default=200, ge=0)
     n_unlabeled_target: int = Field(default=100, ge=0)
-    n_test: int = Field(default=40, gt=0)
+    n_test: int = Field(default=100, gt=0)
     model: str = "small"
     crop_sizes: list[int] = Field(default_factory=lambda: [64, 96, 128])
     warmup_epochs: int = Field(default=1, ge=0)
@@ -112,11 +116,12 @@ class DemoConfig(BaseModel):
     scale_min: float = Field(default=0.75, gt=0)
     scale_max: float = Field(default=1.5, gt=0)
     lr: float = Field(default=0.05, gt=0)
-    teacher_epochs: int = Field(default=12, gt=0)
-    teacher_samples_per_epoch: int = Field(default=1200, gt=0)
-    student_epochs: int = Field(default=12, gt=0)
-    student_samples_per_epoch: int = Field(default=2400, gt=0)
-    real_pseudo_ratio: float = Field(default=1.0, gt=0)
+    teacher_epochs: int = Field(default=16, gt=0)
+    teacher_samples_per_epoch: int = Field(default=900, gt=0)
+    student_epochs: int = Field(default=10, gt=0)
+    student_samples_per_epoch: int = Field(default=1920, gt=0)
+    student_from_teacher: bool = True
+    real_pseudo_ratio: float = Field(default=3.0, gt=0)
     confidence_threshold: float = Field(default=0.0, ge=0, le=1)
     min_centroid_area: int = Field(default=16, ge=1)
     cpus_per_worker: float = Field(default=2.0, gt=0)
@@ -222,8 +227,11 @@ def label_config(paths: DemoPaths, teacher_checkpoint: str | Path) -> LabelJobCo
     )
 
 
-def student_config(paths: DemoPaths, config: DemoConfig) -> TrainJobConfig:
-    """The student run: labeled scenes and pseudo labels, centroid sampling, from scratch."""
+def student_config(
+    paths: DemoPaths, config: DemoConfig, teacher_checkpoint: str | Path | None = None
+) -> TrainJobConfig:
+    """The student run: labeled scenes and pseudo labels with centroid sampling, starting from
+    ``teacher_checkpoint`` when given (else from scratch)."""
     return TrainJobConfig(
         role="student",
         run_name="student",
@@ -237,6 +245,7 @@ def student_config(paths: DemoPaths, config: DemoConfig) -> TrainJobConfig:
         centroid_sampling=True,
         epochs=config.student_epochs,
         samples_per_epoch=config.student_samples_per_epoch,
+        init_checkpoint=None if teacher_checkpoint is None else str(teacher_checkpoint),
         **_common_training(config),
     )
 
@@ -505,12 +514,14 @@ def run_demo(
         "into the label store (Ray Data)",
         lambda: label.run(l_config, progress_bar=progress),
     )
-    s_config = student_config(paths, config)
+    init = t_summary["last_checkpoint"] if config.student_from_teacher else None
+    s_config = student_config(paths, config, init)
     s_summary = stages.run(
         "student",
-        f"training the student on real and pseudo labels ({config.real_pseudo_ratio:g}:1, "
-        f"centroid sampling, coarse2fine+ crops {config.crop_sizes}), "
-        f"{config.student_epochs} epochs x {config.student_samples_per_epoch} crops",
+        f"training the student {'from the teacher' if init else 'from scratch'} on real and "
+        f"pseudo labels ({config.real_pseudo_ratio:g}:1, centroid sampling, coarse2fine+ crops "
+        f"{config.crop_sizes}), {config.student_epochs} epochs x "
+        f"{config.student_samples_per_epoch} crops",
         lambda: _train(student.run, s_config, run_dir(s_config) / METRICS_FILE, progress),
     )
     checkpoints = {"teacher": t_summary["last_checkpoint"], "student": s_summary["last_checkpoint"]}
@@ -548,6 +559,13 @@ def run_demo(
         ("mIoU target", result["teacher_target_miou"], result["student_target_miou"]),
     ]
     echo(format_table(rows, summary))
+    if config.student_from_teacher:
+        # Said with the numbers, so nobody reads the gain as pseudo labels alone.
+        echo(
+            f"The student started from the teacher's weights and trained {config.student_epochs} "
+            "more epochs; part of its lead is that extra training (a control is in "
+            "docs/performance.md)."
+        )
     echo("")
     for name, path in result["artifacts"].items():
         echo(f"{name.replace('_', ' '):22s} {path}")

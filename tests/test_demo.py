@@ -19,6 +19,7 @@ from jobs.demo import (
     DemoPaths,
     class_table,
     format_table,
+    student_config,
     write_demo_data,
     write_pseudo_label_picture,
 )
@@ -90,6 +91,23 @@ def test_demo_data_has_no_labels_for_the_unlabeled_scenes(tmp_path):
     assert not (paths.unlabeled / "gtFine").exists()
 
 
+def test_student_config_starts_from_the_teacher_only_when_asked(tmp_path):
+    paths = DemoPaths(tmp_path)
+    config = DemoConfig(real_pseudo_ratio=3.0, confidence_threshold=0.5)
+
+    from_teacher = student_config(paths, config, tmp_path / "runs" / "teacher" / "last.pt")
+    from_scratch = student_config(paths, config)
+
+    assert from_teacher.init_checkpoint == str(tmp_path / "runs" / "teacher" / "last.pt")
+    assert from_scratch.init_checkpoint is None
+    assert from_teacher.pseudo[0].store == str(paths.store)
+    assert from_teacher.pseudo[0].confidence_threshold == 0.5
+    assert from_teacher.real_pseudo_ratio == 3.0
+    assert from_teacher.centroid_sampling
+    assert from_teacher.schedule.kind == "coarse2fine+"
+    assert from_teacher.schedule.warmup_epochs == config.warmup_epochs
+
+
 @pytest.mark.slow
 def test_quick_demo_command_runs_end_to_end(tmp_path):
     """`selftrain demo --quick --json` as a user runs it: its own in-process Ray, a table, and a
@@ -133,3 +151,4 @@ def test_quick_demo_command_runs_end_to_end(tmp_path):
     for name in listed:
         assert f"\n{name} " in printed
     assert "mIoU source" in printed
+    assert "The student started from the teacher's weights and trained 3 more epochs" in printed

@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,17 +23,12 @@ from core.io import write_image
 from core.labels import CITYSCAPES_TRAIN_IDS
 from core.models import build_model
 from core.store import LabelStore
+from services.localray import PORT_OPTIONS, free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).parent / "ray"
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float = 180) -> None:
@@ -88,8 +82,11 @@ def test_ray_job_submit_labels_into_the_store(tmp_path):
     # Short: Ray's unix socket paths under the temp dir must stay below 108 characters.
     temp_dir = tempfile.mkdtemp(prefix="ray")
     env = cluster_env(temp_dir)
-    dashboard_port = free_port()
-    address = f"http://127.0.0.1:{dashboard_port}"
+    # Every port of its own: with Ray's fixed defaults (job agent 52365, ...) this head's job agent
+    # cannot start while another Ray runs on the machine, and every submit is refused with
+    # "No available agent to submit job".
+    ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS)), strict=True))
+    address = f"http://127.0.0.1:{ports['dashboard-port']}"
     head_log = open(tmp_path / "head.log", "wb")  # noqa: SIM115 (closed in finally)
     # --block keeps `ray start` in the foreground; its Ray processes end when it is stopped,
     # so this test stops exactly the cluster it started (`ray stop` would stop every Ray
@@ -101,10 +98,8 @@ def test_ray_job_submit_labels_into_the_store(tmp_path):
             "--head",
             "--block",
             "--num-cpus=2",
-            f"--port={free_port()}",
             "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard_port}",
-            f"--ray-client-server-port={free_port()}",
+            *(f"--{name}={port}" for name, port in ports.items()),
             f"--temp-dir={temp_dir}",
         ],
         env=env,

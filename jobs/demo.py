@@ -69,7 +69,7 @@ class DemoConfig(BaseModel):
 
     The defaults are tuned so that on a 2-core CPU the demo finishes in under ten minutes and the
     student, which starts from the teacher's weights, beats the teacher on the held-out source
-    scenes (seeds 0, 1, 2: +2.2 to +2.9 mIoU). On these scenes more labeled training alone gains
+    scenes (seeds 0, 1, 2: +2.2 to +3.0 mIoU). On these scenes more labeled training alone gains
     more (docs/performance.md has the control); the demo shows the loop, docs/results.md the
     method on real images. ``DemoConfig.quick()`` is the CI variant: tiny sizes, about a minute,
     no claim about who wins.

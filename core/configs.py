@@ -22,6 +22,7 @@ InferenceMode = Literal["whole", "slide", "multiscale"]
 Precision = Literal["fp32", "bf16"]
 ScheduleKind = Literal["constant", "coarse2fine", "fine2coarse", "coarse2fine+", "fine2coarse+"]
 TrainMode = Literal["joint", "pretrain_finetune", "finetune"]
+Role = Literal["teacher", "student"]
 
 
 class StrictModel(BaseModel):
@@ -56,12 +57,28 @@ class DataSource(StrictModel):
         return self
 
 
-class LabelJobConfig(StrictModel):
-    """The pseudo-label job: a teacher labels unlabeled images into a Zarr label store."""
+class InferenceSettings(StrictModel):
+    """The settings that shape a teacher's labels; a label store is never mixed from two.
 
-    teacher_checkpoint: str
-    source: DataSource
-    store: str
+    Settings that a mode ignores are None (scales and flip apply to multiscale only, the window
+    size to slide and multiscale), so changing them does not make a store incompatible.
+    """
+
+    mode: InferenceMode = "whole"
+    precision: Precision = "fp32"
+    min_centroid_area: int = Field(default=32, ge=1)
+    crop: int | None = Field(default=None, gt=0)
+    scales: list[float] | None = None
+    flip: bool | None = None
+
+    def identity(self) -> dict:
+        """The settings as a label store records and compares them (unused ones left out)."""
+        return self.model_dump(exclude_none=True)
+
+
+class LabelSettings(StrictModel):
+    """How a teacher labels: what a user chooses for a label job (REST ``label.options``)."""
+
     batch_size: int = Field(default=4, gt=0)
     num_actors: int = Field(default=1, gt=0)
     gpus_per_actor: float = Field(default=0.0, ge=0)
@@ -75,14 +92,31 @@ class LabelJobConfig(StrictModel):
     min_centroid_area: int = Field(default=32, ge=1)
     overwrite: bool = False
     retry_failed: bool = True
-    ray_address: str | None = None
+
+    def inference(self) -> InferenceSettings:
+        """The settings among these that shape the labels (see ``InferenceSettings``)."""
+        windowed = self.mode in ("slide", "multiscale")
+        multiscale = self.mode == "multiscale"
+        return InferenceSettings(
+            mode=self.mode,
+            precision=self.precision,
+            min_centroid_area=self.min_centroid_area,
+            crop=self.slide_crop if windowed else None,
+            scales=list(self.scales) if multiscale else None,
+            flip=self.flip if multiscale else None,
+        )
 
 
-class PseudoSource(StrictModel):
-    """A label store used as pseudo labels, with an optional read-time confidence threshold."""
+class LabelJobConfig(LabelSettings):
+    """The pseudo-label job: a teacher labels unlabeled images into a Zarr label store.
 
+    The settings plus what connects the job to the rest of a run (filled in by the run's plan).
+    """
+
+    teacher_checkpoint: str
+    source: DataSource
     store: str
-    confidence_threshold: float = Field(default=0.0, ge=0, le=1)
+    ray_address: str | None = None
 
 
 class ScheduleConfig(StrictModel):
@@ -108,27 +142,32 @@ class AugmentConfig(StrictModel):
     color_jitter: float = Field(default=0.1, ge=0, le=1)
 
 
-class TrainJobConfig(StrictModel):
-    """Teacher or student training on Ray Train (one loop serves both)."""
+class TrainSettings(StrictModel):
+    """Teacher or student training: what a user chooses (REST ``teacher.train``, ``student.train``).
 
-    role: Literal["teacher", "student"] = "student"
-    run_name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
-    storage_path: str
+    Attributes (the less obvious ones):
+        real_pseudo_ratio: Real samples per pseudo sample in a ``joint`` epoch.
+        confidence_threshold: Pseudo-label pixels whose teacher confidence is below this are
+            ignored when the student reads them.
+        samples_per_epoch: Samples per epoch; default: each labeled image about once (see
+            core.training.plan_epochs).
+        lr: Initial learning rate; default 0.02, or 0.002 in mode ``finetune`` (the paper's).
+    """
+
     model: str = "small"
     model_options: dict = Field(default_factory=dict)
     labeled: DataSource
     val: DataSource | None = None
     val_every: int = Field(default=1, gt=0)
-    pseudo: list[PseudoSource] = Field(default_factory=list)
     real_pseudo_ratio: float = Field(default=7.0, gt=0)
     centroid_sampling: bool = True
+    confidence_threshold: float = Field(default=0.0, ge=0, le=1)
     samples_per_epoch: int | None = Field(default=None, gt=0)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     epochs: int = Field(default=10, gt=0)
     mode: TrainMode = "joint"
     pretrain_epochs: int = Field(default=0, ge=0)
-    init_checkpoint: str | None = None
     lr: float | None = Field(default=None, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=1e-4, ge=0)
@@ -142,6 +181,32 @@ class TrainJobConfig(StrictModel):
     precision: Precision = "fp32"
     max_failures: int = Field(default=2, ge=0)
     seed: int = 0
+
+    def effective_lr(self) -> float:
+        """lr if given, else the paper's defaults: 0.002 when finetuning, 0.02 from scratch."""
+        if self.lr is not None:
+            return self.lr
+        return 0.002 if self.mode == "finetune" else 0.02
+
+
+class TrainJobConfig(TrainSettings):
+    """A training job on Ray Train (one loop serves teacher and student): the settings plus what
+    connects it to the rest of a run (filled in by the run's plan).
+
+    Attributes:
+        role: ``teacher`` (labeled data only) or ``student``.
+        run_name: The run folder's name under ``storage_path`` (core.runfiles).
+        storage_path: Where run folders live.
+        pseudo: Label stores (core.store) whose pseudo labels the student trains on.
+        init_checkpoint: Start from these weights (a finetune, or a student from its teacher).
+        ray_address: The cluster; default: RAY_ADDRESS, else Ray in-process.
+    """
+
+    role: Role = "student"
+    run_name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    storage_path: str
+    pseudo: list[str] = Field(default_factory=list)
+    init_checkpoint: str | None = None
     ray_address: str | None = None
 
     @model_validator(mode="after")
@@ -154,11 +219,29 @@ class TrainJobConfig(StrictModel):
             raise ValueError("pseudo: mode 'pretrain_finetune' needs at least one label store")
         return self
 
-    def effective_lr(self) -> float:
-        """lr if given, else the paper's defaults: 0.002 when finetuning, 0.02 from scratch."""
-        if self.lr is not None:
-            return self.lr
-        return 0.002 if self.mode == "finetune" else 0.02
+    def with_absolute_paths(self) -> TrainJobConfig:
+        """This config with its relative paths (storage, data, label stores, initial checkpoint)
+        made absolute against the current folder (Ray workers run in other folders)."""
+
+        def source(data: DataSource | None) -> DataSource | None:
+            if data is None:
+                return None
+            update = {"root": _absolute(data.root), "subset_list": _absolute(data.subset_list)}
+            return data.model_copy(update=update)
+
+        return self.model_copy(
+            update={
+                "storage_path": _absolute(self.storage_path),
+                "labeled": source(self.labeled),
+                "val": source(self.val),
+                "pseudo": [_absolute(store) for store in self.pseudo],
+                "init_checkpoint": _absolute(self.init_checkpoint),
+            }
+        )
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import PolynomialLR
 
 
 def build_optimizer(
@@ -29,16 +29,13 @@ def build_optimizer(
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
-def poly_lr(optimizer: torch.optim.Optimizer, total_iters: int, power: float = 0.9) -> LambdaLR:
-    """Multiply each group's base lr by ``(1 - it / total_iters) ** power``.
+def poly_lr(optimizer: torch.optim.Optimizer, total_iters: int, power: float = 0.9) -> PolynomialLR:
+    """Multiply each group's base lr by ``(1 - it / total_iters) ** power``: torch's PolynomialLR.
 
-    Call ``.step()`` once per iteration. The factor stays 0 past ``total_iters`` (a resumed run
-    that trains a little longer must not get a complex or growing lr).
+    Call ``.step()`` once per iteration. The lr stays 0 past ``total_iters`` (a resumed run that
+    trains a little longer must not get a growing lr). The schedule updates the optimizer's lr in
+    place, step by step, so resuming needs the optimizer's state as well as the schedule's.
     """
     if total_iters <= 0:
         raise ValueError(f"total_iters must be positive, got {total_iters}")
-
-    def factor(it: int) -> float:
-        return max(0.0, 1.0 - it / total_iters) ** power
-
-    return LambdaLR(optimizer, factor)
+    return PolynomialLR(optimizer, total_iters=total_iters, power=power)

@@ -196,7 +196,7 @@ def open_training_data(config: TrainJobConfig) -> TrainingData:
     if not labeled.is_labeled() or labeled.label_space is None:
         raise DataError(config.labeled.root, "the labeled dataset has images without labels")
     label_space = labeled.label_space
-    pseudo = [PseudoLabels(p.store, p.confidence_threshold) for p in config.pseudo]
+    pseudo = [PseudoLabels(store, config.confidence_threshold) for store in config.pseudo]
     for reader in pseudo:
         names = list(reader.store.label_space.names)
         if names != list(label_space.names):

@@ -57,10 +57,11 @@ def test_poly_lr_state_dict_resumes_at_the_same_iteration():
     for _ in range(30):
         opt.step()
         sched.step()
-    state = sched.state_dict()
     opt2 = build_optimizer(_model(), lr=0.002)
     sched2 = poly_lr(opt2, total_iters=100)
-    sched2.load_state_dict(state)
+    # A resumed run restores both, as jobs/train.py does from its checkpoint.
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(sched.state_dict())
     opt2.step()
     sched2.step()
     assert opt2.param_groups[0]["lr"] == pytest.approx(0.002 * (1 - 31 / 100) ** 0.9)

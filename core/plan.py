@@ -1,83 +1,57 @@
-"""The run spec (the REST body of ``POST /api/runs``) and the stages it plans.
+"""The run spec (what a user asks for: the REST body of ``POST /api/runs``, and the demo's config)
+and the stages it plans.
 
 A run is teacher -> label (one job per unlabeled source) -> student -> optional finetune, then
 ``loops`` further rounds in which the last model becomes the next teacher. Every stage either runs a
-job or is given an existing artifact (``checkpoint`` / ``stores``). The spec is made of the configs
-the jobs read; the fields that connect the stages (run names, output folders, the teacher checkpoint
-of a label job, the pseudo stores of a student, the checkpoint a finetune starts from) are filled in
-by the plan, so every stage's output path is known when the run is created.
+job or is given an existing artifact (``checkpoint`` / ``stores``). The spec is made of the
+settings models the jobs' configs extend (``TrainSettings``, ``LabelSettings``); the fields that
+connect the stages (run names, output folders, the teacher checkpoint of a label job, the pseudo
+stores of a student, the checkpoint a finetune starts from) are filled in by the plan, so every
+stage's output path is known when the run is created.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.json_schema import SkipJsonSchema
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from core.configs import DataSource, LabelJobConfig, PseudoSource, TrainJobConfig
+from core.configs import (
+    DataSource,
+    LabelJobConfig,
+    LabelSettings,
+    StrictModel,
+    TrainJobConfig,
+    TrainSettings,
+)
+from core.runfiles import RunFiles, resolve_checkpoint
 
 StageKind = Literal["teacher", "label", "student", "finetune"]
-
-# Fields the plan sets; a spec that sets them would be silently overridden, so they are refused.
-_TRAIN_FIELDS_SET_BY_RUN = ("run_name", "storage_path", "role", "pseudo", "ray_address")
-_LABEL_FIELDS_SET_BY_RUN = ("teacher_checkpoint", "source", "store", "ray_address")
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TrainOptions(TrainJobConfig):
-    """A ``TrainJobConfig`` without the fields the run fills in (run_name, storage_path, role,
-    pseudo, ray_address; and init_checkpoint for a finetune stage)."""
-
-    # Left out of the JSON schema: the client should not send them (and is told so if it does).
-    run_name: SkipJsonSchema[str | None] = None  # type: ignore[assignment]
-    storage_path: SkipJsonSchema[str | None] = None  # type: ignore[assignment]
-    role: SkipJsonSchema[Literal["teacher", "student"]] = "student"
-    pseudo: SkipJsonSchema[list[PseudoSource]] = Field(default_factory=list)
-    ray_address: SkipJsonSchema[str | None] = None
-
-    @model_validator(mode="after")
-    def _check(self) -> TrainOptions:
-        # Replaces TrainJobConfig's cross-field check, which needs the fields filled in by the plan;
-        # the planned config is validated in full when the run is created.
-        for name in _TRAIN_FIELDS_SET_BY_RUN:
-            if name in self.model_fields_set:
-                raise ValueError(f"{name}: set by the run, leave it out")
-        return self
-
-
-class LabelOptions(LabelJobConfig):
-    """A ``LabelJobConfig`` without the fields the run fills in (teacher_checkpoint, source, store,
-    ray_address)."""
-
-    teacher_checkpoint: SkipJsonSchema[str | None] = None  # type: ignore[assignment]
-    source: SkipJsonSchema[DataSource | None] = None  # type: ignore[assignment]
-    store: SkipJsonSchema[str | None] = None  # type: ignore[assignment]
-    ray_address: SkipJsonSchema[str | None] = None
-
-    @model_validator(mode="after")
-    def _check(self) -> LabelOptions:
-        for name in _LABEL_FIELDS_SET_BY_RUN:
-            if name in self.model_fields_set:
-                raise ValueError(f"{name}: set by the run, leave it out")
-        return self
+JobScript = Literal["train", "label"]
 
 
 class TrainStage(StrictModel):
-    """Train a model (``train``) or take an existing checkpoint (``checkpoint``)."""
+    """Train a model (``train``) or take an existing checkpoint (``checkpoint``).
 
-    train: TrainOptions | None = None
+    Attributes:
+        train: The training settings.
+        checkpoint: An existing checkpoint to use instead of training.
+        init_from_teacher: Start from the weights of the model that labeled the student's pseudo
+            labels (the teacher, or in a later loop the last model) instead of from scratch.
+    """
+
+    train: TrainSettings | None = None
     checkpoint: str | None = None
+    init_from_teacher: bool = False
 
     @model_validator(mode="after")
     def _one_of(self) -> TrainStage:
         if (self.train is None) == (self.checkpoint is None):
             raise ValueError("give either 'train' (run the stage) or 'checkpoint' (use it instead)")
+        if self.init_from_teacher and self.train is None:
+            raise ValueError("init_from_teacher: only a stage that trains can start from weights")
         return self
 
 
@@ -86,8 +60,7 @@ class LabelStage(StrictModel):
 
     sources: list[DataSource] = Field(default_factory=list)
     stores: list[str] = Field(default_factory=list)
-    options: LabelOptions = Field(default_factory=LabelOptions)
-    confidence_threshold: float = Field(default=0.0, ge=0, le=1)
+    options: LabelSettings = Field(default_factory=LabelSettings)
 
     @model_validator(mode="after")
     def _some(self) -> LabelStage:
@@ -105,7 +78,7 @@ class RunSpec(StrictModel):
             folder of the run under the service's workdir.
         teacher: The first teacher.
         label: Unlabeled sources (one label job each) and/or existing stores.
-        student: Trained on the labeled data of its config plus the pseudo labels.
+        student: Trained on the labeled data of its settings plus the pseudo labels.
         finetune: Optional: the student finetuned on a few labels (``mode`` is set to ``finetune``).
         loops: Further rounds: the last model labels the sources again and a new student is trained.
     """
@@ -119,29 +92,28 @@ class RunSpec(StrictModel):
     loops: int = Field(default=0, ge=0, le=10)
 
     @model_validator(mode="after")
-    def _loops_need_jobs(self) -> RunSpec:
+    def _check(self) -> RunSpec:
+        if self.teacher.init_from_teacher:
+            raise ValueError("teacher.init_from_teacher: the first teacher has no teacher")
         if self.loops and not self.label.sources:
             raise ValueError("loops: further rounds relabel label.sources; give at least one")
         if self.loops and self.student.train is None:
             raise ValueError("loops: further rounds train a student; give student.train")
         if self.loops and self.finetune is not None and self.finetune.train is None:
             raise ValueError("loops: further rounds finetune each student; give finetune.train")
-        finetune = self.finetune.train if self.finetune is not None else None
-        if finetune is not None and "init_checkpoint" in finetune.model_fields_set:
-            raise ValueError("finetune.train.init_checkpoint: set by the run, leave it out")
         return self
 
 
 @dataclass
 class PlannedStage:
-    """One stage of a run as the orchestrator runs it.
+    """One stage of a run as the orchestrator (or the demo) runs it.
 
     Attributes:
         index: Position in the run (0-based).
         name: Unique in the run, e.g. ``teacher``, ``label-0``, ``loop1-student``.
         kind: What the stage does.
         spec_field: Where its settings are in the run spec (for error messages), e.g. ``student``.
-        script: The job (``teacher``, ``label``, ``student``); ``None`` when the artifact is given.
+        script: The job (``train`` or ``label``); ``None`` when the artifact is given.
         config: The job config as planned (JSON-able dict); ``None`` when given.
         outputs: ``{"checkpoint": path}`` or ``{"store": path}``.
     """
@@ -150,7 +122,7 @@ class PlannedStage:
     name: str
     kind: StageKind
     spec_field: str
-    script: str | None
+    script: JobScript | None
     config: dict | None
     outputs: dict[str, str] = field(default_factory=dict)
 
@@ -172,19 +144,15 @@ def plan_stages(spec: RunSpec, output: Path) -> list[PlannedStage]:
     model = plan.train("teacher", "teacher", spec.teacher)
     for i, store in enumerate(spec.label.stores):
         plan.given(f"store-{i}", "label", f"label.stores.{i}", {"store": store})
-    given_stores = list(spec.label.stores)
     for loop in range(spec.loops + 1):
         prefix = f"loop{loop}-" if loop else ""
-        stores = [] if loop else list(given_stores)
+        stores = [] if loop else list(spec.label.stores)
         for i, source in enumerate(spec.label.sources):
             stores.append(
                 plan.label(f"{prefix}label-{i}", f"label.sources.{i}", spec.label, source, model)
             )
-        pseudo = [
-            PseudoSource(store=s, confidence_threshold=spec.label.confidence_threshold)
-            for s in stores
-        ]
-        model = plan.train(f"{prefix}student", "student", spec.student, pseudo=pseudo)
+        init = model if spec.student.init_from_teacher else None
+        model = plan.train(f"{prefix}student", "student", spec.student, pseudo=stores, init=init)
         if spec.finetune is not None:
             model = plan.train(f"{prefix}finetune", "finetune", spec.finetune, init=model)
     return plan.stages
@@ -210,7 +178,7 @@ class _Planner:
         store = str(self.output / "stores" / f"{name}.zarr")
         values = label.options.model_dump(exclude_unset=True)
         values |= {"teacher_checkpoint": teacher, "source": source.model_dump(), "store": store}
-        config = _validated(LabelJobConfig, spec_field, values)
+        config = _validated(LabelJobConfig, f"{spec_field}", values)
         self._add(name, "label", spec_field, "label", config, {"store": store})
         return store
 
@@ -219,26 +187,26 @@ class _Planner:
         name: str,
         kind: StageKind,
         stage: TrainStage,
-        pseudo: list[PseudoSource] | None = None,
+        pseudo: list[str] | None = None,
         init: str | None = None,
     ) -> str:
         """Plan a training stage (or take its given checkpoint); returns its checkpoint."""
-        spec_field = "student" if kind == "student" else kind
         if stage.checkpoint is not None:
-            self.given(name, kind, spec_field, {"checkpoint": stage.checkpoint})
+            self.given(name, kind, kind, {"checkpoint": stage.checkpoint})
             return stage.checkpoint
         assert stage.train is not None  # TrainStage holds exactly one of the two
         values = stage.train.model_dump(exclude_unset=True)
         values |= {"run_name": name, "storage_path": str(self.output)}
         values["role"] = "teacher" if kind == "teacher" else "student"
         if pseudo:
-            values["pseudo"] = [p.model_dump() for p in pseudo]
+            values["pseudo"] = list(pseudo)
         if init is not None:
-            values |= {"mode": "finetune", "init_checkpoint": init}
-        config = _validated(TrainJobConfig, f"{spec_field}.train", values)
-        script = "teacher" if kind == "teacher" else "student"
-        checkpoint = str(self.output / name / "best.pt")
-        self._add(name, kind, spec_field, script, config, {"checkpoint": checkpoint})
+            values["init_checkpoint"] = init
+        if kind == "finetune":
+            values["mode"] = "finetune"
+        config = _validated(TrainJobConfig, f"{kind}.train", values)
+        checkpoint = str(RunFiles(self.output / name).best)
+        self._add(name, kind, kind, "train", config, {"checkpoint": checkpoint})
         return checkpoint
 
 
@@ -249,6 +217,26 @@ def _validated(cls: type[BaseModel], spec_field: str, values: dict) -> dict:
     except ValidationError as exc:
         problems = [(join_field(spec_field, *e["loc"]), e["msg"]) for e in exc.errors()]
         raise SpecError(problems) from exc
+
+
+def job_config(stage: PlannedStage) -> TrainJobConfig | LabelJobConfig:
+    """The planned config of a job stage as the job's own config model."""
+    if stage.config is None:
+        raise ValueError(f"stage {stage.name} runs no job; its artifact is given")
+    cls = LabelJobConfig if stage.script == "label" else TrainJobConfig
+    return cls.model_validate(stage.config)
+
+
+def with_existing_inputs(stage: PlannedStage) -> PlannedStage:
+    """The stage with its input checkpoints swapped for those that exist: a training stage that
+    kept no ``best.pt`` leaves ``last.pt`` (core.runfiles.resolve_checkpoint)."""
+    config = dict(stage.config or {})
+    for key in ("teacher_checkpoint", "init_checkpoint"):
+        if config.get(key):
+            found = resolve_checkpoint(config[key])
+            if found is not None:
+                config[key] = str(found)
+    return replace(stage, config=config if stage.config is not None else None)
 
 
 def join_field(*parts: object) -> str:

@@ -1,0 +1,202 @@
+"""One rank's training run from start (or resume) to its last epoch, without Ray.
+
+``TrainingRun`` holds what a rank trains (data, model, optimizer, lr schedule) and what it carries
+from epoch to epoch (metric history, best mIoU); jobs/train.py drives it from Ray Train's worker
+function and hands its checkpoints to Ray. Everything here also runs in a plain process.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from core.checkpoint import save_checkpoint
+from core.configs import TrainJobConfig
+from core.losses import build_loss
+from core.models import build_model, convert_sync_batchnorm
+from core.optim import build_optimizer, poly_lr
+from core.runfiles import MetricsRow, RunFiles
+from core.sampling import Sample, rank_part
+from core.training import (
+    EpochPlan,
+    EpochSamples,
+    EpochStats,
+    TrainingData,
+    load_initial_weights,
+    make_loader,
+    open_training_data,
+    train_one_epoch,
+    validate,
+)
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What a rank did in one epoch.
+
+    Attributes:
+        plan: The epoch's plan.
+        part: ``(position in the epoch list, sample)`` pairs this rank trained on.
+        stats: What the epoch's training measured.
+        row: The epoch's metrics (validation included).
+        is_best: Whether this epoch's model is the run's best so far.
+    """
+
+    plan: EpochPlan
+    part: list[tuple[int, Sample]]
+    stats: EpochStats
+    row: MetricsRow
+    is_best: bool
+
+
+@dataclass
+class TrainingRun:
+    """A training run on one rank.
+
+    Build it with ``TrainingRun.start``; ``restore`` a checkpoint to resume, then call
+    ``train_epoch`` for every epoch of ``remaining_epochs()`` and ``save`` on rank 0.
+    """
+
+    config: TrainJobConfig
+    data: TrainingData
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    start_epoch: int = 0
+    history: list[MetricsRow] = field(default_factory=list)
+    best_val_miou: float | None = None
+
+    @classmethod
+    def start(
+        cls, config: TrainJobConfig, device: torch.device, rank: int = 0, world_size: int = 1
+    ) -> TrainingRun:
+        """Open the data, build the model (from ``init_checkpoint`` when set), the optimizer and
+        the poly lr schedule over every step of the run."""
+        # Same initial weights on every rank (DDP also broadcasts rank 0's at wrapping).
+        torch.manual_seed(config.seed)
+        data = open_training_data(config)
+        model = build_model(config.model, data.label_space.num_classes, **config.model_options)
+        if config.init_checkpoint:
+            load_initial_weights(model, config.model, config.init_checkpoint, data.label_space)
+        model.to(device)
+        optimizer = build_optimizer(
+            model, config.effective_lr(), config.momentum, config.weight_decay
+        )
+        total_steps = sum(plan.steps(world_size) for plan in data.plans)
+        lr_scheduler = poly_lr(optimizer, total_steps)
+        return cls(config, data, model, optimizer, lr_scheduler, device, rank, world_size)
+
+    def restore(self, state: dict) -> None:
+        """Continue from a checkpoint that ``save`` wrote (core.checkpoint format)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.data.sampler.load_state_dict(state["extra"]["sampler"])
+        self.start_epoch = state["epoch"]
+        self.history = [MetricsRow.model_validate(row) for row in state["extra"]["history"]]
+        self.best_val_miou = state["extra"]["best_val_miou"]
+
+    def remaining_epochs(self) -> range:
+        return range(self.start_epoch, self.config.epochs)
+
+    def trained_module(self) -> nn.Module:
+        """The module to train: the model, wrapped in DistributedDataParallel over several ranks
+        (with synchronized BatchNorm on GPUs)."""
+        if self.world_size == 1:
+            return self.model
+        if self.device.type == "cuda":
+            self.model = convert_sync_batchnorm(self.model)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=ids)
+
+    def train_epoch(self, trained: nn.Module, epoch: int) -> EpochResult:
+        """Train this rank's part of ``epoch``, validate when due, and record the epoch."""
+        config, data = self.config, self.data
+        plan = data.plans[epoch]
+        samples = data.sampler.samples(epoch, plan.n_real, plan.n_pseudo)
+        part = rank_part(samples, self.rank, self.world_size)
+        dataset = EpochSamples(
+            part, data.labeled, data.pseudo, config.augment, plan.crop_size, config.seed, epoch
+        )
+        loader = make_loader(dataset, plan.batch_size, config.loader_workers)
+        loss_fn = build_loss(config.ohem, config.ohem_thresh, config.ohem_min_kept)
+        bf16 = config.precision == "bf16"
+        stats = train_one_epoch(
+            trained, loader, loss_fn, self.optimizer, self.lr_scheduler, self.device, bf16
+        )
+        row = metrics_row(plan, stats, self._validate(epoch))
+        is_best = self._record(row)
+        return EpochResult(plan, part, stats, row, is_best)
+
+    def _validate(self, epoch: int) -> float | None:
+        val = self.data.val
+        last_epoch = epoch == self.config.epochs - 1
+        if val is None or not ((epoch + 1) % self.config.val_every == 0 or last_epoch):
+            return None
+        matrix = validate(
+            self.model, val, self.data.label_space, self.device, self.rank, self.world_size
+        )
+        miou = matrix.miou()
+        return None if math.isnan(miou) else miou
+
+    def _record(self, row: MetricsRow) -> bool:
+        self.history.append(row)
+        if row.val_miou is None:
+            # Without a validation set every epoch's model is the best there is.
+            return self.data.val is None
+        if self.best_val_miou is None or row.val_miou > self.best_val_miou:
+            self.best_val_miou = row.val_miou
+            return True
+        return False
+
+    def save(self, state_path: Path, result: EpochResult) -> Path:
+        """Write the checkpoint to resume from after ``result``'s epoch to ``state_path`` and
+        publish the run folder's stable files (core.runfiles); returns ``state_path``."""
+        config = self.config
+        save_checkpoint(
+            state_path,
+            self.model,
+            config.model,
+            config.model_options,
+            self.data.label_space,
+            result.plan.epoch + 1,
+            self.optimizer,
+            self.lr_scheduler,
+            config=config.model_dump(mode="json"),
+            extra={
+                "history": [row.model_dump() for row in self.history],
+                "best_val_miou": self.best_val_miou,
+                "sampler": self.data.sampler.state_dict(),
+                "role": config.role,
+            },
+        )
+        RunFiles.of(config.storage_path, config.run_name).write(
+            state_path, self.history, result.is_best
+        )
+        return state_path
+
+
+def metrics_row(plan: EpochPlan, stats: EpochStats, val_miou: float | None) -> MetricsRow:
+    """The metrics of an epoch, from its plan and what its training measured."""
+    return MetricsRow(
+        epoch=plan.epoch,
+        phase=plan.phase,
+        loss=stats.loss,
+        lr=stats.lr,
+        crop_size=plan.crop_size,
+        batch_size=plan.batch_size,
+        n_real=plan.n_real,
+        n_pseudo=plan.n_pseudo,
+        images_per_s=stats.images_per_s,
+        seconds=stats.seconds,
+        cpu_seconds=stats.cpu_seconds,
+        val_miou=val_miou,
+    )

@@ -15,50 +15,26 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import ray
+import torch
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import ray  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from core.centroids import find_centroids  # noqa: E402
-from core.checkpoint import load_checkpoint, load_model  # noqa: E402
-from core.configs import LabelJobConfig  # noqa: E402
-from core.datasets import open_source  # noqa: E402
-from core.errors import DataError  # noqa: E402
-from core.inference import predict_batch  # noqa: E402
-from core.io import read_image  # noqa: E402
-from core.labels import LabelSpace  # noqa: E402
-from core.store import ImageStatus, LabelStore, describe_teacher, open_for_labeling  # noqa: E402
-from jobs.common import init_ray, parse_config  # noqa: E402
+from core.checkpoint import load_checkpoint, load_model
+from core.configs import InferenceSettings, LabelJobConfig
+from core.datasets import open_source
+from core.errors import DataError
+from core.io import read_image
+from core.labeling import label_batch
+from core.labels import LabelSpace
+from core.store import ImageStatus, LabelStore, describe_teacher, open_for_labeling
+from jobs.common import init_ray, parse_config
 
 # Outcomes of one image, as the actors report them.
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 # How often the driver publishes progress into the store.
 PROGRESS_INTERVAL_S = 1.0
-
-
-def inference_settings(config: LabelJobConfig) -> dict:
-    """The settings that shape the labels; a store is never mixed from two different ones.
-
-    Settings that a mode ignores are left out (scales and flip apply to multiscale only, the window
-    size to slide and multiscale), so changing them does not make a store incompatible.
-    """
-    settings: dict = {
-        "mode": config.mode,
-        "precision": config.precision,
-        "min_centroid_area": config.min_centroid_area,
-    }
-    if config.mode in ("slide", "multiscale"):
-        settings["crop"] = config.slide_crop
-    if config.mode == "multiscale":
-        settings["scales"] = list(config.scales)
-        settings["flip"] = config.flip
-    return settings
 
 
 class TeacherLabeler:
@@ -84,7 +60,7 @@ class TeacherLabeler:
         self.device = "cuda" if gpus > 0 else "cpu"
         self.model, _, _ = load_model(checkpoint, self.device)
         self.store = LabelStore.open(store_path)
-        self.settings = settings
+        self.settings = InferenceSettings.model_validate(settings)
         self.run = run
         self.channels_last = channels_last
         self.decoder = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
@@ -103,9 +79,8 @@ class TeacherLabeler:
                 outcomes[index] = (FAILED, result.problem)
             else:
                 images[index] = result
-        for group in _same_size_groups(images):
-            self._label_group(group, [images[i] for i in group])
-            outcomes.update({i: (DONE, "") for i in group})
+        self._label(list(images), list(images.values()))
+        outcomes.update({i: (DONE, "") for i in images})
         seconds = (time.perf_counter() - start) / max(1, len(indices))
         return {
             "index": np.array(indices, dtype=np.int64),
@@ -120,28 +95,17 @@ class TeacherLabeler:
         # OpenCV releases the GIL while decoding, so threads decode in parallel.
         return list(self.decoder.map(_read_or_error, paths))
 
-    def _label_group(self, indices: list[int], images: list[np.ndarray]) -> None:
-        batch = torch.from_numpy(np.stack(images))
-        if self.device == "cuda":
-            batch = batch.pin_memory()  # uint8 goes to the GPU asynchronously, normalized there
-        labels, confidence = predict_batch(
+    def _label(self, indices: list[int], images: list[np.ndarray]) -> None:
+        results = label_batch(
             self.model,
-            batch,
-            mode=self.settings["mode"],
-            scales=self.settings.get("scales", (1.0,)),
-            flip=self.settings.get("flip", False),
-            crop=self.settings.get("crop", 512),
-            device=self.device,
-            bf16=self.settings["precision"] == "bf16",
-            channels_last=self.channels_last,
+            images,
+            self.settings,
+            self.device,
+            self.channels_last,
+            self.store.label_space.ignore_index,
         )
-        confidence_u8 = confidence.mul(255).round_().to(torch.uint8).numpy()
-        for k, index in enumerate(indices):
-            label = labels[k].numpy()
-            centroids = find_centroids(
-                label, self.settings["min_centroid_area"], self.store.label_space.ignore_index
-            )
-            self.store.write(index, label, confidence_u8[k], centroids, run=self.run)
+        for index, result in zip(indices, results, strict=True):
+            self.store.write(index, result.label, result.confidence, result.centroids, run=self.run)
 
 
 def _read_or_error(path: str) -> np.ndarray | DataError:
@@ -149,13 +113,6 @@ def _read_or_error(path: str) -> np.ndarray | DataError:
         return read_image(path)
     except DataError as exc:
         return exc
-
-
-def _same_size_groups(images: dict[int, np.ndarray]) -> list[list[int]]:
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for index, image in images.items():
-        groups.setdefault(image.shape, []).append(index)
-    return list(groups.values())
 
 
 def source_image_paths(config: LabelJobConfig) -> list[str]:
@@ -176,7 +133,7 @@ def run(config: LabelJobConfig, progress_bar: bool = True) -> dict:
     label_space = LabelSpace.from_dict(checkpoint["label_space"])
     teacher = describe_teacher(config.teacher_checkpoint, checkpoint)
     del checkpoint  # the actors load the weights; the driver needs only the identity
-    settings = inference_settings(config)
+    settings = config.inference().identity()
     store = open_for_labeling(
         config.store,
         source_image_paths(config),

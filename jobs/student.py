@@ -1,41 +1,14 @@
 """Train a student on real and pseudo labels: ``python jobs/student.py --config FILE``.
 
-The config is a core.configs.TrainJobConfig (YAML or JSON) whose ``pseudo`` lists the label
-stores (with their confidence thresholds); modes ``joint`` (default), ``pretrain_finetune`` and
-``finetune`` are described in core/training.py. Prints the run summary as one JSON line; the
-``best.pt`` it names can label the next round as a teacher.
-
-Also runs on a cluster: ``ray job submit --working-dir . -- python jobs/student.py --config FILE``.
+The same job as ``python jobs/train.py --config FILE --role student`` (see jobs/train.py): the
+config's ``pseudo`` lists the label stores, and modes ``joint`` (default), ``pretrain_finetune``
+and ``finetune`` are described in core/training.py. On a cluster:
+``ray job submit --working-dir . -- python jobs/student.py --config FILE``.
 """
 
-from __future__ import annotations
-
-import json
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from core.configs import TrainJobConfig  # noqa: E402
-from jobs.common import parse_config  # noqa: E402
-from jobs.train import EpochHook, run_training  # noqa: E402
-
-
-def run(config: TrainJobConfig, epoch_hook: EpochHook | None = None) -> dict:
-    """Train (or resume) the student run; see jobs.train.run_training for the summary returned."""
-    student = TrainJobConfig.model_validate({**config.model_dump(), "role": "student"})
-    return run_training(student, epoch_hook)
-
-
-def main(argv: list[str] | None = None) -> int:
-    config = parse_config(
-        "Train a student on real and pseudo labels (Ray Train).", TrainJobConfig, argv
-    )
-    summary = run(config)
-    print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
-    return 0
-
+from jobs.train import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(role="student"))

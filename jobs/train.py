@@ -1,73 +1,50 @@
-"""The training loop shared by jobs/teacher.py and jobs/student.py: DDP on Ray Train.
+"""Train a teacher or a student on Ray Train: ``python jobs/train.py --config FILE [--role R]``.
 
-One TorchTrainer runs ``num_workers`` ranks (NCCL on GPUs, gloo on CPUs). Each epoch every rank
-draws the same sample list (core.sampling), trains on its part at the crop and batch size the
-schedule gives for that epoch, and the ranks validate together every ``val_every`` epochs.
+The config is a core.configs.TrainJobConfig (YAML or JSON); its ``role`` (or ``--role``) says
+whether this is a teacher (labeled data only) or a student (real and pseudo labels). One
+TorchTrainer runs ``num_workers`` ranks (NCCL on GPUs, gloo on CPUs); each rank runs a
+core.training_run.TrainingRun. Rank 0 checkpoints every epoch to Ray (``epoch_NNNN/state.pt``, the
+best by val mIoU and the latest kept) and publishes the run folder's stable files
+(core.runfiles: ``best.pt``, ``last.pt``, ``metrics.jsonl``). A run restarted by Ray Train after a
+worker failure, or submitted again with the same run name, resumes from its latest checkpoint.
+Prints the run summary (checkpoint paths, final metrics) as one JSON line.
 
-What a run leaves in ``<storage_path>/<run_name>/``:
-
-- ``epoch_NNNN/state.pt``: Ray Train checkpoints (core.checkpoint format with optimizer, lr
-  schedule, sampler state and metric history), the best by val mIoU and the latest kept. A run
-  restarted by Ray Train after a worker failure, or submitted again with the same run name,
-  resumes from the latest one (with more ``epochs`` it trains on; with as many it just returns).
-- ``last.pt`` and ``best.pt``: the latest and the best (by val mIoU; without a val set, the latest)
-  model at a stable path, loadable with core.checkpoint.load_model (the label job, evaluate).
-- ``metrics.jsonl``: one JSON line per epoch: epoch (0-based), phase, loss, lr, crop_size,
-  batch_size, n_real, n_pseudo, images_per_s, seconds (wall), cpu_seconds (rank 0's process),
-  val_miou (null when not validated).
+Also runs on a cluster: ``ray job submit --working-dir . -- python jobs/train.py --config FILE``.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ray.train
+import ray.train.torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
 
-import ray.train  # noqa: E402
-import ray.train.torch  # noqa: E402
-import torch  # noqa: E402
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: E402
-from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
-
-from core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from core.configs import DataSource, TrainJobConfig  # noqa: E402
-from core.errors import ConfigError  # noqa: E402
-from core.losses import build_loss  # noqa: E402
-from core.models import build_model, convert_sync_batchnorm  # noqa: E402
-from core.optim import build_optimizer, poly_lr  # noqa: E402
-from core.sampling import Sample, rank_part  # noqa: E402
-from core.training import (  # noqa: E402
-    EpochPlan,
-    EpochSamples,
-    EpochStats,
-    load_initial_weights,
-    make_loader,
-    open_training_data,
-    train_one_epoch,
-    validate,
-)
-from jobs.common import init_ray  # noqa: E402
+from core.checkpoint import load_checkpoint
+from core.configs import Role, TrainJobConfig, load_config
+from core.errors import ConfigError
+from core.runfiles import RunFiles, RunSummary
+from core.sampling import Sample
+from core.training import EpochPlan, EpochStats, open_training_data
+from core.training_run import TrainingRun
+from jobs.ray_entry import config_parser, init_ray
 
 STATE_FILE = "state.pt"
-METRICS_FILE = "metrics.jsonl"
-# The val_miou that Ray Train's reports carry for epochs without validation.
+# The val_miou that Ray Train's reports carry for epochs without validation: Ray ranks its
+# checkpoints by val_miou and needs a number in every report (NaN or inf do not survive its run
+# snapshot); -1 ranks an epoch without validation below every mIoU.
 NOT_VALIDATED = -1.0
 
 
 @dataclass(frozen=True)
 class EpochEvent:
     """What a rank did in one epoch, handed to ``run_training``'s ``epoch_hook`` after training and
-    before validation and checkpointing (tests use it to look inside the workers)."""
+    validation, before checkpointing (tests use it to look inside the workers)."""
 
     rank: int
     world_size: int
@@ -81,21 +58,8 @@ class EpochEvent:
 EpochHook = Callable[[EpochEvent], None]
 
 
-def run_dir(config: TrainJobConfig) -> Path:
-    """``<storage_path>/<run_name>``, where Ray Train and this job keep the run's files."""
-    return Path(config.storage_path).expanduser().resolve() / config.run_name
-
-
-def run_training(config: TrainJobConfig, epoch_hook: EpochHook | None = None) -> dict:
+def run_training(config: TrainJobConfig, epoch_hook: EpochHook | None = None) -> RunSummary:
     """Train (or resume) the run that ``config`` describes and return its summary.
-
-    Args:
-        config: The run.
-        epoch_hook: Called on every rank after each epoch's training steps (see ``EpochEvent``).
-
-    Returns:
-        ``{"run_dir", "best_checkpoint", "last_checkpoint", "epochs_done", "best_val_miou",
-        "final": last metrics row, "history": all rows}``.
 
     Raises:
         ConfigError, DataError, StoreError: The data cannot be used (checked before Ray starts).
@@ -104,17 +68,18 @@ def run_training(config: TrainJobConfig, epoch_hook: EpochHook | None = None) ->
     if "://" in config.storage_path:
         raise ConfigError(
             f"storage_path {config.storage_path!r}: use a local or shared (NFS) folder; the "
-            "stable best.pt / last.pt files are written with plain file I/O"
+            "run folder's stable files are written with plain file I/O"
         )
     # Workers may run in another folder (a Ray job's working dir, another node).
-    config = with_absolute_paths(config)
+    config = config.with_absolute_paths()
     # Fail here, with the real error, instead of in every worker and every retry.
     open_training_data(config)
     init_ray(config.ray_address)
+    files = RunFiles.of(config.storage_path, config.run_name)
     use_gpu = config.gpus_per_worker > 0
-    resources = {"CPU": config.cpus_per_worker}
-    if use_gpu:
-        resources["GPU"] = config.gpus_per_worker
+    resources = {"CPU": config.cpus_per_worker} | (
+        {"GPU": config.gpus_per_worker} if use_gpu else {}
+    )
     trainer = TorchTrainer(
         train_loop_per_worker=train_worker,
         train_loop_config={"config": config.model_dump(mode="json"), "epoch_hook": epoch_hook},
@@ -124,7 +89,7 @@ def run_training(config: TrainJobConfig, epoch_hook: EpochHook | None = None) ->
         ),
         run_config=RunConfig(
             name=config.run_name,
-            storage_path=str(run_dir(config).parent),
+            storage_path=str(files.directory.parent),
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute="val_miou", checkpoint_score_order="max"
@@ -132,50 +97,7 @@ def run_training(config: TrainJobConfig, epoch_hook: EpochHook | None = None) ->
         ),
     )
     trainer.fit()
-    return summarize_run(run_dir(config))
-
-
-def with_absolute_paths(config: TrainJobConfig) -> TrainJobConfig:
-    """``config`` with its relative paths (storage, data, label stores, initial checkpoint) made
-    absolute against the current folder."""
-
-    def absolute(path: str | None) -> str | None:
-        return None if path is None else str(Path(path).expanduser().resolve())
-
-    def source(data: DataSource | None) -> DataSource | None:
-        if data is None:
-            return None
-        update = {"root": absolute(data.root), "subset_list": absolute(data.subset_list)}
-        return data.model_copy(update=update)
-
-    return config.model_copy(
-        update={
-            "storage_path": absolute(config.storage_path),
-            "labeled": source(config.labeled),
-            "val": source(config.val),
-            "pseudo": [p.model_copy(update={"store": absolute(p.store)}) for p in config.pseudo],
-            "init_checkpoint": absolute(config.init_checkpoint),
-        }
-    )
-
-
-def summarize_run(directory: str | Path) -> dict:
-    """The summary ``run_training`` returns, read from a run folder's metrics.jsonl."""
-    directory = Path(directory)
-    metrics = directory / METRICS_FILE
-    history = []
-    if metrics.is_file():
-        history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    scores = [row["val_miou"] for row in history if row["val_miou"] is not None]
-    return {
-        "run_dir": str(directory),
-        "best_checkpoint": str(directory / "best.pt"),
-        "last_checkpoint": str(directory / "last.pt"),
-        "epochs_done": len(history),
-        "best_val_miou": max(scores) if scores else None,
-        "final": history[-1] if history else None,
-        "history": history,
-    }
+    return files.summary()
 
 
 def train_worker(loop_config: dict) -> None:
@@ -184,91 +106,30 @@ def train_worker(loop_config: dict) -> None:
     epoch_hook: EpochHook | None = loop_config.get("epoch_hook")
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    # Same initial weights on every rank (DDP also broadcasts rank 0's at wrapping).
-    torch.manual_seed(config.seed)
-
-    data = open_training_data(config)
-    model = build_model(config.model, data.label_space.num_classes, **config.model_options)
-    if config.init_checkpoint:
-        load_initial_weights(model, config.model, config.init_checkpoint, data.label_space)
-    model.to(device)
-    optimizer = build_optimizer(model, config.effective_lr(), config.momentum, config.weight_decay)
-    lr_scheduler = poly_lr(optimizer, sum(plan.steps(world_size) for plan in data.plans))
-    start_epoch, history, best_miou = 0, [], None
-
+    run = TrainingRun.start(config, ray.train.torch.get_device(), rank, world_size)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = load_checkpoint(Path(directory) / STATE_FILE)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-        data.sampler.load_state_dict(state["extra"]["sampler"])
-        start_epoch = state["epoch"]
-        history = state["extra"]["history"]
-        best_miou = state["extra"]["best_val_miou"]
-
-    trained = model
-    if world_size > 1:
-        if device.type == "cuda":
-            model = convert_sync_batchnorm(model)
-        trained = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    loss_fn = build_loss(config.ohem, config.ohem_thresh, config.ohem_min_kept)
-
-    for epoch in range(start_epoch, config.epochs):
-        plan = data.plans[epoch]
-        samples = data.sampler.samples(epoch, plan.n_real, plan.n_pseudo)
-        part = rank_part(samples, rank, world_size)
-        dataset = EpochSamples(
-            part, data.labeled, data.pseudo, config.augment, plan.crop_size, config.seed, epoch
-        )
-        loader = make_loader(dataset, plan.batch_size, config.loader_workers)
-        stats = train_one_epoch(
-            trained, loader, loss_fn, optimizer, lr_scheduler, device, config.precision == "bf16"
-        )
+            run.restore(load_checkpoint(Path(directory) / STATE_FILE))
+    trained = run.trained_module()
+    for epoch in run.remaining_epochs():
+        result = run.train_epoch(trained, epoch)
         if epoch_hook is not None:
-            positions = [position for position, _ in part]
-            samples_seen = [sample for _, sample in part]
-            epoch_hook(EpochEvent(rank, world_size, epoch, plan, positions, samples_seen, stats))
-
-        val_miou = None
-        last_epoch = epoch == config.epochs - 1
-        if data.val is not None and ((epoch + 1) % config.val_every == 0 or last_epoch):
-            miou = validate(model, data.val, data.label_space, device, rank, world_size).miou()
-            val_miou = None if math.isnan(miou) else miou
-        row = _metrics_row(plan, stats, val_miou)
-        history.append(row)
-        is_best = val_miou is not None and (best_miou is None or val_miou > best_miou)
-        if is_best:
-            best_miou = val_miou
-        # Ray ranks its checkpoints by val_miou and needs a number in every report (NaN or inf do
-        # not survive its run snapshot): -1 ranks an epoch without validation below every mIoU.
-        reported = {**row, "val_miou": NOT_VALIDATED if val_miou is None else val_miou}
+            positions = [position for position, _ in result.part]
+            samples = [sample for _, sample in result.part]
+            epoch_hook(
+                EpochEvent(rank, world_size, epoch, result.plan, positions, samples, result.stats)
+            )
+        val_miou = result.row.val_miou
+        reported = {
+            **result.row.model_dump(),
+            "val_miou": NOT_VALIDATED if val_miou is None else val_miou,
+        }
         if rank != 0:
             ray.train.report(reported)
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            state_path = save_checkpoint(
-                Path(tmp) / STATE_FILE,
-                model,
-                config.model,
-                config.model_options,
-                data.label_space,
-                epoch + 1,
-                optimizer,
-                lr_scheduler,
-                config=config.model_dump(mode="json"),
-                extra={
-                    "history": history,
-                    "best_val_miou": best_miou,
-                    "sampler": data.sampler.state_dict(),
-                    "role": config.role,
-                },
-            )
-            _write_stable_files(run_dir(config), state_path, history, is_best or data.val is None)
+            run.save(Path(tmp) / STATE_FILE, result)
             ray.train.report(
                 reported,
                 checkpoint=Checkpoint.from_directory(tmp),
@@ -276,38 +137,17 @@ def train_worker(loop_config: dict) -> None:
             )
 
 
-def _metrics_row(plan: EpochPlan, stats: EpochStats, val_miou: float | None) -> dict:
-    return {
-        "epoch": plan.epoch,
-        "phase": plan.phase,
-        "loss": stats.loss,
-        "lr": stats.lr,
-        "crop_size": plan.crop_size,
-        "batch_size": plan.batch_size,
-        "n_real": plan.n_real,
-        "n_pseudo": plan.n_pseudo,
-        "images_per_s": stats.images_per_s,
-        "seconds": stats.seconds,
-        "cpu_seconds": stats.cpu_seconds,
-        "val_miou": val_miou,
-    }
+def main(argv: Sequence[str] | None = None, role: Role | None = None) -> int:
+    """Train the run of ``--config``; ``--role`` (or ``role``) overrides the config's role."""
+    parser = config_parser(__doc__.splitlines()[0])
+    parser.add_argument("--role", choices=["teacher", "student"], default=role)
+    args = parser.parse_args(argv)
+    config = load_config(args.config, TrainJobConfig)
+    if args.role is not None:
+        config = TrainJobConfig.model_validate({**config.model_dump(), "role": args.role})
+    print(run_training(config).model_dump_json(exclude={"history"}))
+    return 0
 
 
-def _write_stable_files(directory: Path, state: Path, history: list[dict], is_best: bool) -> None:
-    """last.pt (and best.pt) and metrics.jsonl, each replaced atomically."""
-    directory.mkdir(parents=True, exist_ok=True)
-    _atomic_copy(state, directory / "last.pt")
-    if is_best:
-        _atomic_copy(state, directory / "best.pt")
-    # Rewritten whole from the checkpointed history, so an epoch redone after a failure is never
-    # listed twice.
-    lines = "".join(json.dumps(row) + "\n" for row in history)
-    tmp = directory / f".{METRICS_FILE}.tmp"
-    tmp.write_text(lines)
-    os.replace(tmp, directory / METRICS_FILE)
-
-
-def _atomic_copy(source: Path, destination: Path) -> None:
-    tmp = destination.with_name(f".{destination.name}.tmp")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, destination)
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,13 +1,16 @@
-"""The self-training demo on synthetic scenes: ``selftrain demo`` (or ``python jobs/demo.py``).
+"""The self-training demo on synthetic scenes: ``selftrain demo``.
 
-One command runs the whole loop of the paper on a laptop CPU, with Ray started in this process:
+One command runs the whole loop of the paper on a laptop CPU, with Ray started in this process. The
+demo is a client of the same plan the control plane runs: its config holds a run spec
+(core.plan.RunSpec, paths relative to the work folder), whose paths are resolved and checked as the
+service does (services.spec_inputs), planned into stages (core.plan.plan_stages), and each stage
+runs the same job function the control plane submits (jobs/train.py, jobs/label.py), in-process.
 
 1. write synthetic street scenes: a few labeled ones of the source domain, a larger unlabeled set
    of both domains (their labels are deleted), and held-out test scenes of both domains;
-2. train a teacher on the labeled scenes (jobs/teacher.py, Ray Train);
-3. label the unlabeled scenes with it into a Zarr label store (jobs/label.py, Ray Data);
-4. train a student on real and pseudo labels with centroid sampling and the fast crop schedule
-   (jobs/student.py, Ray Train);
+2. train a teacher on the labeled scenes (Ray Train);
+3. label the unlabeled scenes with it into a Zarr label store (Ray Data);
+4. train a student on real and pseudo labels with centroid sampling and the fast crop schedule;
 5. evaluate teacher and student on the held-out scenes and print a per-class table.
 
 What the work folder holds afterwards:
@@ -15,64 +18,70 @@ What the work folder holds afterwards:
     data/source/        labeled train scenes and held-out test scenes (Cityscapes layout)
     data/target/        held-out test scenes of the target domain
     data/unlabeled/     the unlabeled images (no labels)
-    runs/teacher/       teacher checkpoints (last.pt) and metrics.jsonl
-    runs/student/       student checkpoints (last.pt) and metrics.jsonl
-    labels.zarr         the pseudo-label store
+    runs/teacher/       the teacher's run folder (core.runfiles)
+    runs/student/       the student's run folder
+    runs/stores/        the pseudo-label store
     pseudo_labels.png   unlabeled images next to their pseudo labels
     results.json        what ``run_demo`` returns
 
-The demo never reads the test scenes while training: both models are the checkpoints of their last
-epoch, not the best on some validation set.
+The demo never reads the test scenes while training: no stage has a validation set, so each
+model is the one of its last epoch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import numpy as np
+from pydantic import Field
+from services.spec_inputs import check_spec_data, resolve_spec_paths
+from tqdm import tqdm
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from core.configs import (  # noqa: E402
+from core.configs import (
     AugmentConfig,
     DataSource,
-    LabelJobConfig,
-    PseudoSource,
+    LabelSettings,
     ScheduleConfig,
+    StrictModel,
     TrainJobConfig,
+    TrainSettings,
 )
-from core.errors import ConfigError  # noqa: E402
-from core.evaluate import evaluate_checkpoint  # noqa: E402
-from core.labels import LabelSpace  # noqa: E402
-from core.store import LabelStore  # noqa: E402
-from core.synth import write_synthetic_dataset  # noqa: E402
+from core.errors import ConfigError
+from core.evaluate import evaluate_checkpoint
+from core.labels import LabelSpace
+from core.plan import (
+    LabelStage,
+    PlannedStage,
+    RunSpec,
+    TrainStage,
+    job_config,
+    plan_stages,
+    with_existing_inputs,
+)
+from core.runfiles import RunFiles, read_metrics, resolve_checkpoint
+from core.store import LabelStore
+from core.synth import write_synthetic_dataset
 
 # What run_demo writes into the work folder (and deletes first, so every demo starts fresh).
-DEMO_OUTPUTS = ("data", "runs", "labels.zarr", "pseudo_labels.png", "results.json")
+DEMO_OUTPUTS = ("data", "runs", "pseudo_labels.png", "results.json")
+# Where the scenes go, relative to the work folder; the run spec names them so.
+LABELED = DataSource(format="cityscapes", root="data/source", split="train")
+UNLABELED = DataSource(format="folder", root="data/unlabeled")
+TEST_SOURCES = {
+    "source": DataSource(format="cityscapes", root="data/source", split="test"),
+    "target": DataSource(format="cityscapes", root="data/target", split="test"),
+}
 
 
-class DemoConfig(BaseModel):
-    """The demo's data sizes and training settings.
-
-    The defaults are tuned so that on a 2-core CPU the demo finishes in under ten minutes and the
-    student, which starts from the teacher's weights, beats the teacher on the held-out source
-    scenes (seeds 0, 1, 2: +2.2 to +3.0 mIoU). On these scenes more labeled training alone gains
-    more (docs/performance.md has the control); the demo shows the loop, docs/results.md the
-    method on real images. ``DemoConfig.quick()`` is the CI variant: tiny sizes, about a minute,
-    no claim about who wins.
+class DemoScenes(StrictModel):
+    """The synthetic scenes the demo writes (core.synth).
 
     Attributes:
         height: Scene height in pixels.
@@ -81,27 +90,8 @@ class DemoConfig(BaseModel):
         n_unlabeled_source: Unlabeled source-domain scenes the teacher labels.
         n_unlabeled_target: Unlabeled target-domain scenes the teacher labels.
         n_test: Held-out test scenes per domain.
-        model: Architecture of teacher and student (core.models).
-        crop_sizes: Crop sizes of the fast schedule (``coarse2fine+``: one size per epoch, cycling).
-        warmup_epochs: Epochs at the largest crop before the cycling starts.
-        base_batch_size: Batch size at the largest crop (smaller crops get larger batches).
-        scale_min: Smallest random rescale of the augmentation.
-        scale_max: Largest random rescale of the augmentation.
-        lr: Initial learning rate (poly decay) of both runs.
-        teacher_epochs: Teacher epochs.
-        teacher_samples_per_epoch: Crops per teacher epoch.
-        student_epochs: Student epochs.
-        student_samples_per_epoch: Crops per student epoch, real and pseudo together.
-        student_from_teacher: Start the student from the teacher's weights (else from scratch).
-        real_pseudo_ratio: Real crops per pseudo crop in a student epoch.
-        confidence_threshold: Pseudo-label pixels below this teacher confidence are ignored.
-        min_centroid_area: Smallest pseudo-label region (pixels) that centroid sampling draws.
-        cpus_per_worker: CPUs of the one Ray Train worker (its torch threads).
-        preview_rows: Images in the pseudo-label picture.
-        seed: Seed of the scenes and of training.
+        seed: Seed of the scenes.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     height: int = Field(default=128, ge=32)
     width: int = Field(default=256, ge=32)
@@ -109,46 +99,89 @@ class DemoConfig(BaseModel):
     n_unlabeled_source: int = Field(default=200, ge=0)
     n_unlabeled_target: int = Field(default=100, ge=0)
     n_test: int = Field(default=100, gt=0)
-    model: str = "small"
-    crop_sizes: list[int] = Field(default_factory=lambda: [64, 96, 128])
-    warmup_epochs: int = Field(default=1, ge=0)
-    base_batch_size: int = Field(default=8, gt=0)
-    scale_min: float = Field(default=0.75, gt=0)
-    scale_max: float = Field(default=1.5, gt=0)
-    lr: float = Field(default=0.05, gt=0)
-    teacher_epochs: int = Field(default=16, gt=0)
-    teacher_samples_per_epoch: int = Field(default=900, gt=0)
-    student_epochs: int = Field(default=10, gt=0)
-    student_samples_per_epoch: int = Field(default=1920, gt=0)
-    student_from_teacher: bool = True
-    real_pseudo_ratio: float = Field(default=3.0, gt=0)
-    confidence_threshold: float = Field(default=0.0, ge=0, le=1)
-    min_centroid_area: int = Field(default=16, ge=1)
-    cpus_per_worker: float = Field(default=2.0, gt=0)
-    preview_rows: int = Field(default=4, gt=0)
     seed: int = Field(default=0, ge=0)
+
+
+class DemoConfig(StrictModel):
+    """The demo: its scenes, the run spec that trains on them, and the picture's size.
+
+    ``DemoConfig.default()`` is tuned so that on a 2-core CPU the demo finishes in about five
+    minutes and the student, which starts from the teacher's weights, beats the teacher on the
+    held-out source scenes (seeds 0, 1, 2: +2.2 to +3.0 mIoU). On these scenes more labeled
+    training alone gains more (docs/performance.md has the control); the demo shows the loop,
+    docs/results.md the method on real images. ``DemoConfig.quick()`` is the CI variant: tiny
+    sizes, about a minute, no claim about who wins.
+
+    Attributes:
+        scenes: The synthetic scenes.
+        run: The run: teacher, label and student settings, with paths relative to the work folder.
+        preview_rows: Images in the pseudo-label picture.
+    """
+
+    scenes: DemoScenes = Field(default_factory=DemoScenes)
+    run: RunSpec
+    preview_rows: int = Field(default=4, gt=0)
+
+    @classmethod
+    def default(cls, seed: int = 0) -> DemoConfig:
+        """The demo's defaults: 24 labeled scenes, a 16-epoch teacher, a 10-epoch student."""
+        return cls(scenes=DemoScenes(seed=seed), run=_run_spec(seed))
 
     @classmethod
     def quick(cls, seed: int = 0) -> DemoConfig:
         """The CI variant: small scenes, few of them, short runs."""
-        return cls(
-            height=64,
-            width=128,
-            n_labeled=8,
-            n_unlabeled_source=12,
-            n_unlabeled_target=4,
-            n_test=6,
-            crop_sizes=[32, 48, 64],
-            base_batch_size=4,
-            teacher_epochs=3,
-            teacher_samples_per_epoch=32,
-            student_epochs=3,
-            student_samples_per_epoch=48,
-            min_centroid_area=4,
-            cpus_per_worker=1.0,
-            preview_rows=3,
-            seed=seed,
+        scenes = DemoScenes(
+            height=64, width=128, n_labeled=8, n_unlabeled_source=12, n_unlabeled_target=4,
+            n_test=6, seed=seed,
         )
+        run = _run_spec(seed, quick=True)
+        return cls(scenes=scenes, run=run, preview_rows=3)
+
+
+def _run_spec(seed: int, quick: bool = False) -> RunSpec:
+    """The demo's run: a teacher on the labeled scenes, one label job over the unlabeled scenes,
+    a student from the teacher's weights at 3 real : 1 pseudo with centroid sampling; both train
+    with the coarse2fine+ crop schedule."""
+    common = {
+        "model": "small",
+        "labeled": LABELED,
+        "schedule": ScheduleConfig(
+            kind="coarse2fine+",
+            crop_sizes=[32, 48, 64] if quick else [64, 96, 128],
+            warmup_epochs=1,
+            base_batch_size=4 if quick else 8,
+        ),
+        "augment": AugmentConfig(scale_min=0.75, scale_max=1.5),
+        "lr": 0.05,
+        "cpus_per_worker": 1.0 if quick else 2.0,
+        "max_failures": 0,
+        "seed": seed,
+    }
+    teacher = TrainSettings(
+        **common, epochs=3 if quick else 16, samples_per_epoch=32 if quick else 900
+    )
+    student = TrainSettings(
+        **common,
+        epochs=3 if quick else 10,
+        samples_per_epoch=48 if quick else 1920,
+        real_pseudo_ratio=3.0,
+        centroid_sampling=True,
+        confidence_threshold=0.0,
+    )
+    label = LabelSettings(
+        mode="whole",
+        batch_size=8,
+        num_actors=1,
+        cpus_per_actor=1.0,
+        min_centroid_area=4 if quick else 32,
+        overwrite=True,
+    )
+    return RunSpec(
+        name="demo",
+        teacher=TrainStage(train=teacher),
+        label=LabelStage(sources=[UNLABELED], options=label),
+        student=TrainStage(train=student, init_from_teacher=True),
+    )
 
 
 class DemoPaths:
@@ -157,11 +190,10 @@ class DemoPaths:
     def __init__(self, workdir: str | Path) -> None:
         self.workdir = Path(workdir).expanduser().resolve()
         self.data = self.workdir / "data"
-        self.source = self.data / "source"
-        self.target = self.data / "target"
-        self.unlabeled = self.data / "unlabeled"
+        self.source = self.workdir / LABELED.root
+        self.target = self.workdir / TEST_SOURCES["target"].root
+        self.unlabeled = self.workdir / UNLABELED.root
         self.runs = self.workdir / "runs"
-        self.store = self.workdir / "labels.zarr"
         self.picture = self.workdir / "pseudo_labels.png"
         self.results = self.workdir / "results.json"
 
@@ -175,107 +207,33 @@ class DemoPaths:
                 path.unlink()
 
 
-def write_demo_data(paths: DemoPaths, config: DemoConfig) -> dict[str, int]:
+def write_demo_data(paths: DemoPaths, scenes: DemoScenes) -> dict[str, int]:
     """Write the labeled, unlabeled and test scenes; returns how many of each.
 
     The unlabeled scenes are written like the others and then their label files are deleted, so
     nothing downstream can read them.
     """
-    size = (config.height, config.width)
-    seed = config.seed
+    size = (scenes.height, scenes.width)
     sets = [
-        (paths.source, config.n_labeled, "source", "train"),
-        (paths.source, config.n_test, "source", "test"),
-        (paths.target, config.n_test, "target", "test"),
-        (paths.unlabeled, config.n_unlabeled_source, "source", "unlabeled"),
-        (paths.unlabeled, config.n_unlabeled_target, "target", "unlabeled"),
+        (paths.source, scenes.n_labeled, "source", "train"),
+        (paths.source, scenes.n_test, "source", "test"),
+        (paths.target, scenes.n_test, "target", "test"),
+        (paths.unlabeled, scenes.n_unlabeled_source, "source", "unlabeled"),
+        (paths.unlabeled, scenes.n_unlabeled_target, "target", "unlabeled"),
     ]
     counts = {}
     for root, n, domain, split in tqdm(sets, desc="scenes", unit="set", leave=False):
         if n > 0:
-            write_synthetic_dataset(root, n, domain, size, seed, split)
+            write_synthetic_dataset(root, n, domain, size, scenes.seed, split)
         counts[f"{domain}_{split}"] = n
     shutil.rmtree(paths.unlabeled / "gtFine", ignore_errors=True)
     return counts
 
 
-def teacher_config(paths: DemoPaths, config: DemoConfig) -> TrainJobConfig:
-    """The teacher run: labeled source scenes only."""
-    return TrainJobConfig(
-        role="teacher",
-        run_name="teacher",
-        storage_path=str(paths.runs),
-        model=config.model,
-        labeled=_labeled_source(paths),
-        epochs=config.teacher_epochs,
-        samples_per_epoch=config.teacher_samples_per_epoch,
-        **_common_training(config),
-    )
-
-
-def label_config(paths: DemoPaths, teacher_checkpoint: str | Path) -> LabelJobConfig:
-    """The labeling run: the teacher labels every unlabeled image once (whole-image inference)."""
-    return LabelJobConfig(
-        teacher_checkpoint=str(teacher_checkpoint),
-        source=DataSource(format="folder", root=str(paths.unlabeled)),
-        store=str(paths.store),
-        mode="whole",
-        batch_size=8,
-        num_actors=1,
-        cpus_per_actor=1.0,
-        overwrite=True,
-    )
-
-
-def student_config(
-    paths: DemoPaths, config: DemoConfig, teacher_checkpoint: str | Path | None = None
-) -> TrainJobConfig:
-    """The student run: labeled scenes and pseudo labels with centroid sampling, starting from
-    ``teacher_checkpoint`` when given (else from scratch)."""
-    return TrainJobConfig(
-        role="student",
-        run_name="student",
-        storage_path=str(paths.runs),
-        model=config.model,
-        labeled=_labeled_source(paths),
-        pseudo=[
-            PseudoSource(store=str(paths.store), confidence_threshold=config.confidence_threshold)
-        ],
-        real_pseudo_ratio=config.real_pseudo_ratio,
-        centroid_sampling=True,
-        epochs=config.student_epochs,
-        samples_per_epoch=config.student_samples_per_epoch,
-        init_checkpoint=None if teacher_checkpoint is None else str(teacher_checkpoint),
-        **_common_training(config),
-    )
-
-
-def _labeled_source(paths: DemoPaths) -> DataSource:
-    return DataSource(format="cityscapes", root=str(paths.source), split="train")
-
-
-def _common_training(config: DemoConfig) -> dict:
-    return {
-        "schedule": ScheduleConfig(
-            kind="coarse2fine+",
-            crop_sizes=config.crop_sizes,
-            warmup_epochs=config.warmup_epochs,
-            base_batch_size=config.base_batch_size,
-        ),
-        "augment": AugmentConfig(scale_min=config.scale_min, scale_max=config.scale_max),
-        "lr": config.lr,
-        "cpus_per_worker": config.cpus_per_worker,
-        "max_failures": 0,
-        "seed": config.seed,
-    }
-
-
-def test_sources(paths: DemoPaths) -> dict[str, DataSource]:
-    """The held-out test scenes of each domain."""
-    return {
-        "source": DataSource(format="cityscapes", root=str(paths.source), split="test"),
-        "target": DataSource(format="cityscapes", root=str(paths.target), split="test"),
-    }
+def plan_demo(paths: DemoPaths, config: DemoConfig) -> list[PlannedStage]:
+    """The demo's stages, planned as the control plane plans a run: the spec's paths resolved
+    inside the work folder, the stages' outputs under ``runs/``."""
+    return plan_stages(resolve_spec_paths(config.run, [paths.workdir]), paths.runs)
 
 
 def class_table(teacher: dict, student: dict) -> list[dict]:
@@ -394,17 +352,13 @@ class EpochProgress:
             self._update()
 
     def _update(self) -> None:
-        try:
-            lines = self.metrics.read_text().splitlines()
-        except OSError:  # not written yet
-            return
-        rows = [json.loads(line) for line in lines if line.strip()]
+        rows = read_metrics(self.metrics)
         if len(rows) > self.bar.n:
             last = rows[-1]
             self.bar.set_postfix(
-                loss=f"{last['loss']:.3f}",
-                crop=last["crop_size"],
-                img_s=f"{last['images_per_s']:.0f}",
+                loss=f"{last.loss:.3f}",
+                crop=last.crop_size,
+                img_s=f"{last.images_per_s:.0f}",
                 refresh=False,
             )
             self.bar.update(len(rows) - self.bar.n)
@@ -429,36 +383,21 @@ class _Stages:
         return result
 
 
-def start_ray() -> None:
-    """Start a fresh local Ray in this process (a no-op when Ray is already initialized).
+def run_stage(stage: PlannedStage, progress: bool = True) -> None:
+    """Run one planned job stage in this process, as the control plane's job would on Ray."""
+    from jobs import label, train  # Ray Train and Ray Data are heavy imports
 
-    Like jobs.common.init_ray without an address, but the workers' log lines (Ray Train's report of
-    every epoch, its background threads' warnings) are not copied into the demo's output; they stay
-    in Ray's session folder, and errors still reach the driver as exceptions.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    # Each epoch's report waits for the controller's next poll (every 2 s by default).
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    repo_root = str(Path(__file__).resolve().parents[1])
-    paths = [repo_root, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
-    ray.init(
-        address="local",
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}},
-    )
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    config = job_config(with_existing_inputs(stage))
+    if isinstance(config, TrainJobConfig):
+        files = RunFiles.of(config.storage_path, config.run_name)
+        with EpochProgress(files.metrics, config.epochs, config.role, enabled=progress):
+            train.run_training(config)
+    else:
+        label.run(config, progress_bar=progress)
 
 
 def run_demo(
     workdir: str | Path,
-    *,
-    quick: bool = False,
-    seed: int = 0,
     config: DemoConfig | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
@@ -467,9 +406,7 @@ def run_demo(
 
     Args:
         workdir: The work folder; the demo's outputs from an earlier run there are replaced.
-        quick: Use ``DemoConfig.quick()`` (tiny sizes) instead of the defaults.
-        seed: Seed of scenes and training (ignored when ``config`` is given).
-        config: Explicit settings, overriding ``quick`` and ``seed``.
+        config: The demo; default ``DemoConfig.default()``.
         progress: Show progress bars (on stderr).
         echo: Where stage headers and the table go.
 
@@ -479,90 +416,121 @@ def run_demo(
         ``workdir``, ``artifacts`` (checkpoints, label store, picture, results file), ``seconds``
         per stage and ``config``.
     """
-    if config is None:
-        config = DemoConfig.quick(seed) if quick else DemoConfig(seed=seed)
+    config = config or DemoConfig.default()
+    scenes = config.scenes
     paths = DemoPaths(workdir)
     paths.workdir.mkdir(parents=True, exist_ok=True)
     paths.clear()
-    stages = _Stages(6, echo)
+    planned = plan_demo(paths, config)
+    jobs = [stage for stage in planned if not stage.given]
+    stages = _Stages(3 + len(jobs), echo)
     start = time.perf_counter()
     echo(f"selftrain demo in {paths.workdir}")
-
     counts = stages.run(
         "data",
-        f"writing synthetic scenes ({config.height}x{config.width}): {config.n_labeled} labeled, "
-        f"{config.n_unlabeled_source} + {config.n_unlabeled_target} unlabeled "
-        f"(source + target), {config.n_test} + {config.n_test} held out",
-        lambda: write_demo_data(paths, config),
+        f"writing synthetic scenes ({scenes.height}x{scenes.width}): {scenes.n_labeled} labeled, "
+        f"{scenes.n_unlabeled_source} + {scenes.n_unlabeled_target} unlabeled "
+        f"(source + target), {scenes.n_test} + {scenes.n_test} held out",
+        lambda: write_demo_data(paths, scenes),
     )
-    stages.run("ray", "starting Ray in this process", start_ray)
-
-    from jobs import label, student, teacher  # noqa: PLC0415 (Ray Train is a heavy import)
-    from jobs.train import METRICS_FILE, run_dir  # noqa: PLC0415
-
-    t_config = teacher_config(paths, config)
-    t_summary = stages.run(
-        "teacher",
-        f"training the teacher ({config.model}) on {config.n_labeled} labeled scenes, "
-        f"{config.teacher_epochs} epochs x {config.teacher_samples_per_epoch} crops",
-        lambda: _train(teacher.run, t_config, run_dir(t_config) / METRICS_FILE, progress),
-    )
-    l_config = label_config(paths, t_summary["last_checkpoint"])
-    stages.run(
-        "label",
-        f"labeling {config.n_unlabeled_source + config.n_unlabeled_target} unlabeled scenes "
-        "into the label store (Ray Data)",
-        lambda: label.run(l_config, progress_bar=progress),
-    )
-    init = t_summary["last_checkpoint"] if config.student_from_teacher else None
-    s_config = student_config(paths, config, init)
-    s_summary = stages.run(
-        "student",
-        f"training the student {'from the teacher' if init else 'from scratch'} on real and "
-        f"pseudo labels ({config.real_pseudo_ratio:g}:1, centroid sampling, coarse2fine+ crops "
-        f"{config.crop_sizes}), {config.student_epochs} epochs x "
-        f"{config.student_samples_per_epoch} crops",
-        lambda: _train(student.run, s_config, run_dir(s_config) / METRICS_FILE, progress),
-    )
-    checkpoints = {"teacher": t_summary["last_checkpoint"], "student": s_summary["last_checkpoint"]}
+    # The checks the service makes when a run is created: data exists, crops fit, models known.
+    check_spec_data(resolve_spec_paths(config.run, [paths.workdir]))
+    stages.run("ray", "starting Ray in this process", _start_ray)
+    for stage in jobs:
+        title = _stage_title(stage, scenes)
+        stages.run(stage.name, title, lambda stage=stage: run_stage(stage, progress))
+    outputs = {stage.name: stage.outputs for stage in planned}
+    checkpoints = {
+        role: str(resolve_checkpoint(outputs[role]["checkpoint"]))
+        for role in ("teacher", "student")
+    }
     scores = stages.run(
         "evaluate",
-        f"evaluating both on the held-out scenes ({config.n_test} per domain)",
-        lambda: _evaluate(checkpoints, test_sources(paths)),
+        f"evaluating both on the held-out scenes ({scenes.n_test} per domain)",
+        lambda: _evaluate(checkpoints, paths.workdir),
     )
-    write_pseudo_label_picture(paths.store, paths.picture, config.preview_rows)
+    store = outputs["label-0"]["store"]
+    write_pseudo_label_picture(store, paths.picture, config.preview_rows)
+    result = _results(config, paths, scores, checkpoints, store, counts)
+    result["seconds"] = {**stages.seconds, "total": round(time.perf_counter() - start, 1)}
+    paths.results.write_text(json.dumps(result, indent=2))
+    _print_report(result, config, echo)
+    return result
 
-    rows = class_table(scores["teacher"]["source"], scores["student"]["source"])
-    result = {
+
+def _stage_title(stage: PlannedStage, scenes: DemoScenes) -> str:
+    job = job_config(stage)
+    if not isinstance(job, TrainJobConfig):
+        n = scenes.n_unlabeled_source + scenes.n_unlabeled_target
+        return f"labeling {n} unlabeled scenes into the label store (Ray Data)"
+    crops = f"{job.epochs} epochs x {job.samples_per_epoch} crops"
+    if job.role == "teacher":
+        return f"training the teacher ({job.model}) on {scenes.n_labeled} labeled scenes, {crops}"
+    start = "from the teacher" if job.init_checkpoint else "from scratch"
+    return (
+        f"training the student {start} on real and pseudo labels ({job.real_pseudo_ratio:g}:1, "
+        f"centroid sampling, {job.schedule.kind} crops {job.schedule.crop_sizes}), {crops}"
+    )
+
+
+def _start_ray() -> None:
+    from jobs.ray_entry import init_ray
+
+    # Workers' log lines (Ray Train's report of every epoch) stay in Ray's session folder.
+    init_ray(quiet=True)
+
+
+def _evaluate(checkpoints: dict[str, str], workdir: Path) -> dict:
+    sources = {
+        domain: source.model_copy(update={"root": str(workdir / source.root)})
+        for domain, source in TEST_SOURCES.items()
+    }
+    return {
+        role: {domain: evaluate_checkpoint(path, source) for domain, source in sources.items()}
+        for role, path in checkpoints.items()
+    }
+
+
+def _results(
+    config: DemoConfig,
+    paths: DemoPaths,
+    scores: dict,
+    checkpoints: dict[str, str],
+    store: str,
+    counts: dict[str, int],
+) -> dict:
+    return {
         "teacher_miou": scores["teacher"]["source"]["miou"],
         "student_miou": scores["student"]["source"]["miou"],
         "teacher_target_miou": scores["teacher"]["target"]["miou"],
         "student_target_miou": scores["student"]["target"]["miou"],
-        "per_class": rows,
+        "per_class": class_table(scores["teacher"]["source"], scores["student"]["source"]),
         "workdir": str(paths.workdir),
         "artifacts": {
             "teacher_checkpoint": checkpoints["teacher"],
             "student_checkpoint": checkpoints["student"],
-            "label_store": str(paths.store),
+            "label_store": store,
             "pseudo_label_picture": str(paths.picture),
             "results": str(paths.results),
         },
         "scenes": counts,
-        "seconds": {**stages.seconds, "total": round(time.perf_counter() - start, 1)},
-        "config": config.model_dump(),
+        "config": config.model_dump(mode="json"),
     }
-    paths.results.write_text(json.dumps(result, indent=2))
+
+
+def _print_report(result: dict, config: DemoConfig, echo: Callable[[str], None]) -> None:
     echo("")
-    echo(f"IoU (%) on {config.n_test} held-out source scenes")
+    echo(f"IoU (%) on {config.scenes.n_test} held-out source scenes")
     summary = [
         ("mIoU source", result["teacher_miou"], result["student_miou"]),
         ("mIoU target", result["teacher_target_miou"], result["student_target_miou"]),
     ]
-    echo(format_table(rows, summary))
-    if config.student_from_teacher:
+    echo(format_table(result["per_class"], summary))
+    student = config.run.student
+    if student.init_from_teacher and student.train is not None:
         # Said with the numbers, so nobody reads the gain as pseudo labels alone.
         echo(
-            f"The student started from the teacher's weights and trained {config.student_epochs} "
+            f"The student started from the teacher's weights and trained {student.train.epochs} "
             "more epochs; part of its lead is that extra training (a control is in "
             "docs/performance.md)."
         )
@@ -570,43 +538,24 @@ def run_demo(
     for name, path in result["artifacts"].items():
         echo(f"{name.replace('_', ' '):22s} {path}")
     echo(f"finished in {result['seconds']['total'] / 60:.1f} min")
-    return result
 
 
-def _train(
-    run: Callable[[TrainJobConfig], dict], config: TrainJobConfig, metrics: Path, progress: bool
-) -> dict:
-    with EpochProgress(metrics, config.epochs, config.role, enabled=progress):
-        return run(config)
-
-
-def _evaluate(checkpoints: dict[str, str], sources: dict[str, DataSource]) -> dict:
-    return {
-        role: {domain: evaluate_checkpoint(path, source) for domain, source in sources.items()}
-        for role, path in checkpoints.items()
-    }
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Teacher -> pseudo labels -> student on synthetic scenes, Ray in-process."
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's command-line options (``selftrain demo``)."""
     parser.add_argument("--workdir", default="selftrain-demo", help="where data and results go")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the scenes and of training")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke run")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of the results")
-    return parser
 
 
 def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
     """Run the demo; ``args`` are parsed options (``selftrain demo`` passes its own) or argv."""
     if not isinstance(args, argparse.Namespace):
-        args = build_parser().parse_args(args)
-    result = run_demo(args.workdir, quick=args.quick, seed=args.seed)
+        parser = argparse.ArgumentParser(description="Teacher -> pseudo labels -> student.")
+        add_arguments(parser)
+        args = parser.parse_args(args)
+    config = DemoConfig.quick(args.seed) if args.quick else DemoConfig.default(args.seed)
+    result = run_demo(args.workdir, config)
     if args.json:
         print(json.dumps(result), flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from core.plan import SpecError, join_field
 from services.backend import JobBackend, RayJobBackend
 from services.db import Database
 from services.deps import Service, ServiceDep, require_token
@@ -22,7 +23,6 @@ from services.routes_predict import router as predict_router
 from services.routes_runs import router as runs_router
 from services.schemas import Health
 from services.settings import Settings, get_settings
-from services.spec import SpecError, join_field
 
 STATIC = Path(__file__).resolve().parent / "static"
 # Room for the multipart framing around an upload of max_upload_bytes.

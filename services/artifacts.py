@@ -1,60 +1,27 @@
-"""Reading what the jobs leave behind: per-epoch metrics, checkpoints and label stores.
+"""Reading what the jobs leave behind: training progress and label stores (run folders are read
+with core.runfiles), and pictures of labels for the dashboard.
 
 The service never imports the jobs; it learns how a stage is doing from these files alone.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import SelfTrainError
+from core.runfiles import MetricsRow
 
 # Overlays on the dashboard are shrunk to this width; a page of full-size Cityscapes frames is slow.
 OVERLAY_MAX_WIDTH = 640
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """The epoch records of a training job's ``metrics.jsonl`` (empty while there is none).
-
-    A last line that is still being written (not valid JSON yet) is skipped.
-    """
-    try:
-        text = path.read_text()
-    except OSError:
-        return []
-    records = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
-def train_progress(metrics: list[dict], epochs: int) -> dict:
-    """Progress of a training job from its epoch records: epochs done out of ``epochs``."""
-    done = max((int(r.get("epoch", -1)) + 1 for r in metrics), default=0)
-    done = min(done, epochs)
+def train_progress(metrics: list[MetricsRow], epochs: int) -> dict:
+    """Progress of a training job from its epoch rows: epochs done out of ``epochs``."""
+    done = min(max((row.epoch + 1 for row in metrics), default=0), epochs)
     return {"done": done, "total": epochs, "unit": "epochs", "fraction": done / epochs}
-
-
-def existing_checkpoint(planned: str) -> Path | None:
-    """The checkpoint a training stage left: ``best.pt`` as planned, else ``last.pt`` beside it."""
-    path = Path(planned)
-    if path.is_file():
-        return path
-    last = path.with_name("last.pt")
-    if path.name == "best.pt" and last.is_file():
-        return last
-    return None
 
 
 def store_summary(store: str) -> dict | None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.configs import DataSource
+from core.configs import DataSource, TrainSettings
 from core.errors import SelfTrainError
-from services.spec import RunSpec, SpecError, TrainOptions, TrainStage
+from core.plan import RunSpec, SpecError, TrainStage
 
 
 def resolve_path(value: str, roots: Sequence[Path], field: str) -> str:
@@ -120,7 +120,7 @@ def check_spec_data(spec: RunSpec) -> None:
         raise SpecError(problems)
 
 
-def _check_train(train: TrainOptions, field: str) -> list[tuple[str, str]]:
+def _check_train(train: TrainSettings, field: str) -> list[tuple[str, str]]:
     from core.models import list_models
 
     problems: list[tuple[str, str]] = []

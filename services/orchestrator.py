@@ -19,14 +19,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from core.configs import LabelJobConfig, TrainJobConfig, save_config
-from services.artifacts import (
-    existing_checkpoint,
-    read_metrics,
-    store_progress,
-    store_summary,
-    train_progress,
-)
+from core.configs import save_config
+from core.plan import PlannedStage, RunSpec, job_config, plan_stages, with_existing_inputs
+from core.runfiles import RunFiles, resolve_checkpoint
+from services.artifacts import store_progress, store_summary, train_progress
 from services.backend import ClusterUnavailableError, JobBackend, JobInfo
 from services.checks import check_spec_data, resolve_spec_paths
 from services.db import (
@@ -42,7 +38,6 @@ from services.db import (
     Stage,
 )
 from services.settings import Settings
-from services.spec import RunSpec, plan_stages
 
 log = logging.getLogger(__name__)
 
@@ -209,10 +204,9 @@ class Orchestrator:
             stage.summary = store_summary(stage.outputs["store"])
 
     def _submit(self, run: Run, stage: Stage) -> None:
-        config = _with_existing_inputs(stage)
+        planned = with_existing_inputs(_planned(stage))
         path = self.settings.workdir / run.id / "configs" / f"{stage.index:02d}-{stage.name}.yaml"
-        cls = LabelJobConfig if stage.script == "label" else TrainJobConfig
-        save_config(cls.model_validate(config), path)
+        save_config(job_config(planned), path)
         entrypoint = (
             f"{self.settings.job_python} jobs/{stage.script}.py --config {shlex.quote(str(path))}"
         )
@@ -220,7 +214,7 @@ class Orchestrator:
         metadata = {"selftrain_run": run.id, "selftrain_stage": stage.name}
         self.backend.submit(stage.submission_id, entrypoint, metadata)
         log.info("run %s: submitted %s as %s", run.id, stage.name, stage.submission_id)
-        stage.config, stage.entrypoint = config, entrypoint
+        stage.config, stage.entrypoint = planned.config, entrypoint
         stage.status, stage.submitted_at = PENDING, time.time()
         stage.message = "submitted"
 
@@ -258,12 +252,13 @@ class Orchestrator:
                 stage.summary = store_summary(store) or stage.summary
             return
         config = stage.config or {}
-        metrics = read_metrics(Path(config["storage_path"]) / config["run_name"] / "metrics.jsonl")
-        _set(stage, metrics=metrics, progress=train_progress(metrics, int(config["epochs"])))
+        rows = RunFiles.of(config["storage_path"], config["run_name"]).read_metrics()
+        metrics = [row.model_dump() for row in rows]
+        _set(stage, metrics=metrics, progress=train_progress(rows, int(config["epochs"])))
 
     def _check_outputs(self, stage: Stage) -> None:
         if "checkpoint" in stage.outputs:
-            found = existing_checkpoint(stage.outputs["checkpoint"])
+            found = resolve_checkpoint(stage.outputs["checkpoint"])
             if found is None:
                 stage.status = FAILED
                 stage.error = (
@@ -278,16 +273,12 @@ class Orchestrator:
         stage.status = SUCCEEDED
 
 
-def _with_existing_inputs(stage: Stage) -> dict:
-    """The stage's planned config with input checkpoints swapped for those that exist (a training
-    job that kept no best.pt leaves last.pt)."""
-    config = dict(stage.config or {})
-    for key in ("teacher_checkpoint", "init_checkpoint"):
-        if config.get(key):
-            found = existing_checkpoint(config[key])
-            if found is not None:
-                config[key] = str(found)
-    return config
+def _planned(stage: Stage) -> PlannedStage:
+    """A stage row as the plan made it."""
+    return PlannedStage(
+        stage.index, stage.name, stage.kind, stage.spec_field, stage.script, stage.config,
+        dict(stage.outputs),
+    )
 
 
 def _set(stage: Stage, **values) -> None:

@@ -14,6 +14,7 @@ from fastapi.responses import PlainTextResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy import select
 
+from core.plan import RunSpec
 from services.artifacts import encode_png, overlay, shrink
 from services.backend import ClusterUnavailableError
 from services.db import TERMINAL, Run, Stage
@@ -26,7 +27,6 @@ from services.schemas import (
     run_out,
     run_summary,
 )
-from services.spec import RunSpec
 
 router = APIRouter(tags=["runs"])
 

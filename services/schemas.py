@@ -1,4 +1,4 @@
-"""What the REST API returns (the request body of a run is ``services.spec.RunSpec``)."""
+"""What the REST API returns (the request body of a run is ``core.plan.RunSpec``)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from core.runfiles import MetricsRow
 from services.db import Run, Stage
 
 Status = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"]
@@ -20,7 +21,7 @@ class StageOut(BaseModel):
         progress: ``done`` of ``total`` ``unit`` (epochs or images), ``fraction``, maybe
             ``images_per_s``.
         latest_metrics: The last epoch record of a training stage.
-        metrics: Every epoch record so far (loss, lr, crop_size, val_miou, ...).
+        metrics: Every epoch record so far (core.runfiles.MetricsRow).
         summary: A label stage's store summary (pixels and centroids per class, class names).
         outputs: ``checkpoint`` or ``store`` path.
     """
@@ -38,8 +39,8 @@ class StageOut(BaseModel):
     started_at: datetime | None
     ended_at: datetime | None
     progress: dict[str, Any] | None
-    latest_metrics: dict[str, Any] | None
-    metrics: list[dict[str, Any]]
+    latest_metrics: MetricsRow | None
+    metrics: list[MetricsRow]
     summary: dict[str, Any] | None
     outputs: dict[str, str]
     config: dict[str, Any] | None

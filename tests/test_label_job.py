@@ -15,7 +15,7 @@ from core.io import read_image, write_image
 from core.labels import CITYSCAPES_TRAIN_IDS
 from core.models import build_model
 from core.store import ImageStatus, LabelStore
-from jobs.label import DONE, SKIPPED, TeacherLabeler, inference_settings, run
+from jobs.label import DONE, SKIPPED, TeacherLabeler, run
 
 N_IMAGES = 10
 
@@ -114,7 +114,7 @@ def test_every_image_is_labeled_as_core_predicts(ray_local, teacher, images, tmp
     assert sum(info["centroids_per_class"].values()) == len(table) > 0
     assert store.progress["state"] == "finished"
     assert (store.progress["done"], store.progress["total"]) == (N_IMAGES, N_IMAGES)
-    assert store.attributes["settings"] == inference_settings(config)
+    assert store.attributes["settings"] == config.inference().identity()
 
 
 def test_bad_files_fail_alone_with_their_reasons(ray_local, teacher, images, tmp_path):
@@ -178,11 +178,11 @@ def test_actor_skips_images_already_done(teacher, tmp_path, one_thread):
         None,
         CITYSCAPES_TRAIN_IDS,
         {"sha256": "x", "model_name": "small"},
-        inference_settings(config),
+        config.inference().identity(),
     )
     sentinel = np.full((64, 128), 7, np.uint8)
     store.write(0, sentinel, np.zeros_like(sentinel), np.zeros((0, 4)), run=5)
-    labeler = TeacherLabeler(config.store, str(teacher), inference_settings(config), run=6)
+    labeler = TeacherLabeler(config.store, str(teacher), config.inference().identity(), run=6)
     out = labeler({"index": np.array([0, 1]), "path": np.array([str(p) for p in paths])})
     assert out["outcome"].tolist() == [SKIPPED, DONE]
     store = LabelStore.open(config.store)
@@ -201,7 +201,7 @@ def test_multiscale_settings_reach_the_labeler(teacher, tmp_path, one_thread):
         scales=[0.5, 1.0],
         slide_crop=48,
     )
-    settings = inference_settings(config)
+    settings = config.inference().identity()
     assert settings == {
         "mode": "multiscale",
         "precision": "fp32",

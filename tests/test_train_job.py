@@ -16,7 +16,7 @@ import ray
 
 from core.centroids import find_centroids
 from core.checkpoint import load_checkpoint, load_model
-from core.configs import AugmentConfig, DataSource, PseudoSource, ScheduleConfig, TrainJobConfig
+from core.configs import AugmentConfig, DataSource, ScheduleConfig, TrainJobConfig
 from core.datasets import cityscapes
 from core.labels import CITYSCAPES
 from core.sampling import CentroidTable
@@ -24,8 +24,8 @@ from core.schedule import from_config
 from core.store import LabelStore
 from core.synth import write_synthetic_dataset
 from core.training import open_training_data
-from jobs import student, teacher
-from jobs.train import run_dir, with_absolute_paths
+from core.runfiles import MetricsRow, RunFiles
+from jobs.train import run_training
 from selftrain.cli import main as selftrain_main
 
 SIZE = (64, 128)
@@ -94,9 +94,12 @@ def _config(tmp_path: Path, scenes: Path, **fields) -> TrainJobConfig:
     return TrainJobConfig(**{**values, **fields})
 
 
-def _metrics(config: TrainJobConfig) -> list[dict]:
-    lines = (run_dir(config) / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
+def _metrics(config: TrainJobConfig) -> list[MetricsRow]:
+    return RunFiles.of(config.storage_path, config.run_name).read_metrics()
+
+
+def _teacher(config: TrainJobConfig) -> TrainJobConfig:
+    return config.model_copy(update={"role": "teacher"})
 
 
 def _events(path: Path) -> list[dict]:
@@ -111,7 +114,7 @@ def test_two_workers_share_each_epoch_list_at_the_scheduled_crop(
         tmp_path,
         scenes,
         epochs=3,
-        pseudo=[PseudoSource(store=str(pseudo_store))],
+        pseudo=[str(pseudo_store)],
         real_pseudo_ratio=1.0,
         samples_per_epoch=24,
     )
@@ -130,7 +133,7 @@ def test_two_workers_share_each_epoch_list_at_the_scheduled_crop(
         with open(log, "a") as f:
             f.write(json.dumps(row) + "\n")
 
-    summary = student.run(config, epoch_hook=record)
+    summary = run_training(config, epoch_hook=record)
     events = _events(log)
     data = open_training_data(config)
     table = CentroidTable([data.pseudo[0].store.centroids()])
@@ -164,13 +167,13 @@ def test_two_workers_share_each_epoch_list_at_the_scheduled_crop(
         per_class = [classes.get(int(c), 0) for c in table.classes]
         assert max(per_class) - min(per_class) <= 1
     rows = _metrics(config)
-    assert [r["epoch"] for r in rows] == [0, 1, 2]
-    assert [r["crop_size"] for r in rows] == crops
-    assert [r["batch_size"] for r in rows] == [4, 16, 7]
-    assert all(r["n_real"] == 12 and r["n_pseudo"] == 12 for r in rows)
-    assert summary["epochs_done"] == 3
+    assert [r.epoch for r in rows] == [0, 1, 2]
+    assert [r.crop_size for r in rows] == crops
+    assert [r.batch_size for r in rows] == [4, 16, 7]
+    assert all(r.n_real == 12 and r.n_pseudo == 12 for r in rows)
+    assert summary.epochs_done == 3
     # The student's checkpoint is what the label job loads as the next teacher.
-    model, label_space, checkpoint = load_model(summary["last_checkpoint"])
+    model, label_space, checkpoint = load_model(summary.last_checkpoint)
     assert label_space.names == CITYSCAPES.names and checkpoint["epoch"] == 3
 
 
@@ -191,7 +194,7 @@ def test_a_worker_killed_mid_run_resumes_from_the_last_checkpoint(ray_local, sce
             marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
 
-    summary = teacher.run(config, epoch_hook=kill_once)
+    summary = run_training(_teacher(config), epoch_hook=kill_once)
     assert marker.exists()
     epochs_by_pid: dict[int, list[int]] = {}
     for event in _events(log):
@@ -204,27 +207,27 @@ def test_a_worker_killed_mid_run_resumes_from_the_last_checkpoint(ray_local, sce
     # interval, and on a loaded machine the kill can beat epoch 1's report (they start at 1).
     assert second[0] in (1, 2)
     assert second == list(range(second[0], 4))
-    assert [r["epoch"] for r in _metrics(config)] == [0, 1, 2, 3]
-    assert summary["epochs_done"] == 4
-    assert load_checkpoint(summary["last_checkpoint"])["epoch"] == 4
+    assert [r.epoch for r in _metrics(config)] == [0, 1, 2, 3]
+    assert summary.epochs_done == 4
+    assert load_checkpoint(summary.last_checkpoint)["epoch"] == 4
 
 
 @pytest.mark.slow
 def test_a_run_submitted_again_with_more_epochs_resumes(ray_local, scenes, tmp_path):
     config = _config(tmp_path, scenes, epochs=2, samples_per_epoch=8, num_workers=1)
-    first = teacher.run(config)
+    first = run_training(_teacher(config))
     log = tmp_path / "events.jsonl"
 
     def record(event):
         with open(log, "a") as f:
             f.write(f'{{"epoch": {event.epoch}}}\n')
 
-    second = teacher.run(config.model_copy(update={"epochs": 3}), epoch_hook=record)
+    second = run_training(_teacher(config).model_copy(update={"epochs": 3}), epoch_hook=record)
     assert [e["epoch"] for e in _events(log)] == [2]
     # Epochs 0 and 1 were not trained again: their rows are the first run's, unchanged.
-    assert second["history"][:2] == first["history"]
-    assert [r["epoch"] for r in second["history"]] == [0, 1, 2]
-    assert load_checkpoint(second["last_checkpoint"])["epoch"] == 3
+    assert second.history[:2] == first.history
+    assert [r.epoch for r in second.history] == [0, 1, 2]
+    assert load_checkpoint(second.last_checkpoint)["epoch"] == 3
 
 
 @pytest.mark.slow
@@ -240,21 +243,21 @@ def test_a_teacher_learns_the_source_scenes_and_evaluate_reproduces_its_miou(
         samples_per_epoch=96,
         lr=0.1,
     )
-    summary = teacher.run(config)
-    rows = summary["history"]
-    assert [r["val_miou"] is not None for r in rows] == [(e + 1) % 5 == 0 for e in range(20)]
-    final = rows[-1]["val_miou"]
+    summary = run_training(_teacher(config))
+    rows = summary.history
+    assert [r.val_miou is not None for r in rows] == [(e + 1) % 5 == 0 for e in range(20)]
+    final = rows[-1].val_miou
     # Measured 0.20 on the 8 held-out scenes (19 classes, 0.4M parameters, 2 CPU workers); an
     # untrained model scores 0.01 to 0.02.
     assert final >= 0.15
-    assert rows[-1]["loss"] < 0.6 * rows[0]["loss"]
-    assert summary["best_val_miou"] == max(r["val_miou"] for r in rows if r["val_miou"] is not None)
+    assert rows[-1].loss < 0.6 * rows[0].loss
+    assert summary.best_val_miou == max(r.val_miou for r in rows if r.val_miou is not None)
 
     code = selftrain_main(
         [
             "evaluate",
             "--checkpoint",
-            summary["last_checkpoint"],
+            summary.last_checkpoint,
             "--format",
             "cityscapes",
             "--root",
@@ -276,14 +279,14 @@ def test_relative_paths_are_resolved_before_the_workers_see_them(tmp_path, monke
         run_name="r",
         storage_path="runs",
         labeled=DataSource(format="camvid", root="data", subset_list="lists/a.txt"),
-        pseudo=[PseudoSource(store="stores/s1"), PseudoSource(store=str(tmp_path / "s2"))],
+        pseudo=["stores/s1", str(tmp_path / "s2")],
         init_checkpoint="teacher.pt",
     )
     here = tmp_path.resolve()
-    absolute = with_absolute_paths(config)
+    absolute = config.with_absolute_paths()
     assert absolute.storage_path == str(here / "runs")
     assert absolute.labeled.root == str(here / "data")
     assert absolute.labeled.subset_list == str(here / "lists" / "a.txt")
-    assert [p.store for p in absolute.pseudo] == [str(here / "stores" / "s1"), str(here / "s2")]
+    assert absolute.pseudo == [str(here / "stores" / "s1"), str(here / "s2")]
     assert absolute.init_checkpoint == str(here / "teacher.pt")
     assert absolute.val is None

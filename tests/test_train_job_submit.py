@@ -23,7 +23,7 @@ import pytest
 
 from core.centroids import find_centroids
 from core.checkpoint import load_model
-from core.configs import DataSource, PseudoSource, ScheduleConfig, TrainJobConfig, save_config
+from core.configs import DataSource, ScheduleConfig, TrainJobConfig, save_config
 from core.datasets import cityscapes
 from core.evaluate import evaluate_checkpoint
 from core.labels import CITYSCAPES
@@ -107,7 +107,8 @@ def test_submitted_student_job_leaves_a_checkpoint_that_loads_and_evaluates(ray_
         storage_path=str(tmp_path / "runs"),
         labeled=DataSource(format="cityscapes", root=str(tmp_path / "source"), split="train"),
         val=DataSource(format="cityscapes", root=str(tmp_path / "source"), split="val"),
-        pseudo=[PseudoSource(store=str(tmp_path / "store"), confidence_threshold=0.5)],
+        pseudo=[str(tmp_path / "store")],
+        confidence_threshold=0.5,
         real_pseudo_ratio=1.0,
         samples_per_epoch=8,
         schedule=ScheduleConfig(kind="coarse2fine+", crop_sizes=[32, 64], base_batch_size=4),

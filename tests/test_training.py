@@ -6,7 +6,7 @@ import torch
 
 from core.centroids import find_centroids
 from core.checkpoint import save_checkpoint
-from core.configs import AugmentConfig, DataSource, PseudoSource, ScheduleConfig, TrainJobConfig
+from core.configs import AugmentConfig, DataSource, ScheduleConfig, TrainJobConfig
 from core.datasets import paired_folder
 from core.errors import CheckpointError, ConfigError
 from core.io import write_image, write_label
@@ -79,7 +79,7 @@ def _config(tmp_path: Path, **fields) -> TrainJobConfig:
 
 
 def test_plan_follows_the_crop_schedule_and_the_ratio(tmp_path):
-    config = _config(tmp_path, epochs=5, pseudo=[PseudoSource(store="s")], real_pseudo_ratio=3.0)
+    config = _config(tmp_path, epochs=5, pseudo=["s"], real_pseudo_ratio=3.0)
     plans = plan_epochs(config, n_labeled=12, n_pseudo_images=40)
     # Warm-up at the largest crop, then small -> large every epoch.
     assert [p.crop_size for p in plans] == [64, 32, 48, 64, 32]
@@ -97,7 +97,7 @@ def test_plan_of_pretrain_then_finetune(tmp_path):
         mode="pretrain_finetune",
         pretrain_epochs=1,
         samples_per_epoch=10,
-        pseudo=[PseudoSource(store="s")],
+        pseudo=["s"],
     )
     plans = plan_epochs(config, n_labeled=12, n_pseudo_images=40)
     assert [(p.phase, p.n_real, p.n_pseudo) for p in plans] == [
@@ -165,7 +165,7 @@ def test_open_training_data_rejects_a_store_with_other_classes(tmp_path):
     other = declare_label_space("other", ["a", "b", "c"])
     image = str(root / "images" / "000.png")
     LabelStore.create(tmp_path / "store", [image], [(64, 128)], other, {}, {})
-    config = _config(tmp_path, epochs=1, pseudo=[PseudoSource(store=str(tmp_path / "store"))])
+    config = _config(tmp_path, epochs=1, pseudo=[str(tmp_path / "store")])
     with pytest.raises(ConfigError, match="classes"):
         open_training_data(config)
 

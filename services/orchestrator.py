@@ -28,7 +28,6 @@ from services.artifacts import (
     train_progress,
 )
 from services.backend import ClusterUnavailableError, JobBackend, JobInfo
-from services.checks import check_spec_data, resolve_spec_paths
 from services.db import (
     FAILED,
     IN_FLIGHT,
@@ -43,6 +42,7 @@ from services.db import (
 )
 from services.settings import Settings
 from services.spec import RunSpec, plan_stages
+from services.spec_inputs import check_spec_data, resolve_spec_paths
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
 
 from core.errors import CheckpointError, CorruptImageError
-from services.checks import check_readable_path
 from services.db import SUCCEEDED, Run
 from services.deps import Service, ServiceDep
 from services.predict import class_shares, label_png, overlay_png, predict_label
 from services.schemas import PredictionShares
 from services.spec import SpecError
+from services.spec_inputs import check_readable_path
 
 router = APIRouter(tags=["predict"])
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from services.checks import resolve_path
 from services.spec import RunSpec, SpecError, plan_stages
+from services.spec_inputs import resolve_path
 
 OUT = Path("/data/out")
 LABELED = {"format": "cityscapes", "root": "/data/cs"}

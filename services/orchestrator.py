@@ -27,7 +27,6 @@ from services.artifacts import (
     store_summary,
     train_progress,
 )
-from services.backend import ClusterUnavailableError, JobBackend, JobInfo
 from services.db import (
     FAILED,
     IN_FLIGHT,
@@ -40,6 +39,7 @@ from services.db import (
     Run,
     Stage,
 )
+from services.ray_jobs import ClusterUnavailableError, JobBackend, JobInfo
 from services.settings import Settings
 from services.spec import RunSpec, plan_stages
 from services.spec_inputs import check_spec_data, resolve_spec_paths

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.backend import JobInfo
 from services.localray import LocalRayError, LocalRayHead, free_port, ray_command
+from services.ray_jobs import JobInfo
 from services.settings import Settings
 
 TOKEN = "test-token"
@@ -47,7 +47,7 @@ class FakeBackend:
         self.down = False
 
     def _check_up(self) -> None:
-        from services.backend import ClusterUnavailableError
+        from services.ray_jobs import ClusterUnavailableError
 
         if self.down:
             raise ClusterUnavailableError("fake cluster is down")

@@ -86,7 +86,7 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from services.cli import serve
+    from services.serve import serve
 
     serve(host=args.host, port=args.port)
     return 0

@@ -432,9 +432,9 @@ class _Stages:
 def start_ray() -> None:
     """Start a fresh local Ray in this process (a no-op when Ray is already initialized).
 
-    Like jobs.common.init_ray without an address, but the workers' log lines (Ray Train's report of
-    every epoch, its background threads' warnings) are not copied into the demo's output; they stay
-    in Ray's session folder, and errors still reach the driver as exceptions.
+    Like jobs.ray_entry.init_ray without an address, but the workers' log lines (Ray Train's report
+    of every epoch, its background threads' warnings) are not copied into the demo's output; they
+    stay in Ray's session folder, and errors still reach the driver as exceptions.
     """
     import ray
 

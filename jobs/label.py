@@ -34,7 +34,7 @@ from core.inference import predict_batch  # noqa: E402
 from core.io import read_image  # noqa: E402
 from core.labels import LabelSpace  # noqa: E402
 from core.store import ImageStatus, LabelStore, describe_teacher, open_for_labeling  # noqa: E402
-from jobs.common import init_ray, parse_config  # noqa: E402
+from jobs.ray_entry import init_ray, parse_config  # noqa: E402
 
 # Outcomes of one image, as the actors report them.
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"

@@ -18,7 +18,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.configs import TrainJobConfig  # noqa: E402
-from jobs.common import parse_config  # noqa: E402
+from jobs.ray_entry import parse_config  # noqa: E402
 from jobs.train import EpochHook, run_training  # noqa: E402
 
 

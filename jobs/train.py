@@ -56,7 +56,7 @@ from core.training import (  # noqa: E402
     train_one_epoch,
     validate,
 )
-from jobs.common import init_ray  # noqa: E402
+from jobs.ray_entry import init_ray  # noqa: E402
 
 STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.jsonl"

@@ -38,15 +38,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from core.configs import (  # noqa: E402
+from core.configs import (
     AugmentConfig,
     DataSource,
     LabelJobConfig,
@@ -54,11 +51,11 @@ from core.configs import (  # noqa: E402
     ScheduleConfig,
     TrainJobConfig,
 )
-from core.errors import ConfigError  # noqa: E402
-from core.evaluate import evaluate_checkpoint  # noqa: E402
-from core.labels import LabelSpace  # noqa: E402
-from core.store import LabelStore  # noqa: E402
-from core.synth import write_synthetic_dataset  # noqa: E402
+from core.errors import ConfigError
+from core.evaluate import evaluate_checkpoint
+from core.labels import LabelSpace
+from core.store import LabelStore
+from core.synth import write_synthetic_dataset
 
 # What run_demo writes into the work folder (and deletes first, so every demo starts fresh).
 DEMO_OUTPUTS = ("data", "runs", "labels.zarr", "pseudo_labels.png", "results.json")

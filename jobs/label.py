@@ -15,26 +15,22 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import ray
+import torch
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import ray  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from core.centroids import find_centroids  # noqa: E402
-from core.checkpoint import load_checkpoint, load_model  # noqa: E402
-from core.configs import LabelJobConfig  # noqa: E402
-from core.datasets import open_source  # noqa: E402
-from core.errors import DataError  # noqa: E402
-from core.inference import predict_batch  # noqa: E402
-from core.io import read_image  # noqa: E402
-from core.labels import LabelSpace  # noqa: E402
-from core.store import ImageStatus, LabelStore, describe_teacher, open_for_labeling  # noqa: E402
-from jobs.ray_entry import init_ray, parse_config  # noqa: E402
+from core.centroids import find_centroids
+from core.checkpoint import load_checkpoint, load_model
+from core.configs import LabelJobConfig
+from core.datasets import open_source
+from core.errors import DataError
+from core.inference import predict_batch
+from core.io import read_image
+from core.labels import LabelSpace
+from core.store import ImageStatus, LabelStore, describe_teacher, open_for_labeling
+from jobs.ray_entry import init_ray, parse_config
 
 # Outcomes of one image, as the actors report them.
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"

@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from core.configs import TrainJobConfig  # noqa: E402
-from jobs.ray_entry import parse_config  # noqa: E402
-from jobs.train import EpochHook, run_training  # noqa: E402
+from core.configs import TrainJobConfig
+from jobs.ray_entry import parse_config
+from jobs.train import EpochHook, run_training
 
 
 def run(config: TrainJobConfig, epoch_hook: EpochHook | None = None) -> dict:

@@ -23,30 +23,26 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+from torch.nn.parallel import DistributedDataParallel
 
-import ray.train  # noqa: E402
-import ray.train.torch  # noqa: E402
-import torch  # noqa: E402
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: E402
-from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
-
-from core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from core.configs import DataSource, TrainJobConfig  # noqa: E402
-from core.errors import ConfigError  # noqa: E402
-from core.losses import build_loss  # noqa: E402
-from core.models import build_model, convert_sync_batchnorm  # noqa: E402
-from core.optim import build_optimizer, poly_lr  # noqa: E402
-from core.sampling import Sample, rank_part  # noqa: E402
-from core.training import (  # noqa: E402
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.configs import DataSource, TrainJobConfig
+from core.errors import ConfigError
+from core.losses import build_loss
+from core.models import build_model, convert_sync_batchnorm
+from core.optim import build_optimizer, poly_lr
+from core.sampling import Sample, rank_part
+from core.training import (
     EpochPlan,
     EpochSamples,
     EpochStats,
@@ -56,7 +52,7 @@ from core.training import (  # noqa: E402
     train_one_epoch,
     validate,
 )
-from jobs.ray_entry import init_ray  # noqa: E402
+from jobs.ray_entry import init_ray
 
 STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.jsonl"

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_service_helpers import (
+from service_support import (
     STAGE_TIMEOUT_S,
     ServiceProcess,
     live_run_spec,

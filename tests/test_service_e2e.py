@@ -8,7 +8,7 @@
   never saw a stage submitted twice;
 - cancelling a run stops its Ray job.
 
-The head, the service and the finished run are service_support' session fixtures, shared with
+The head, the service and the finished run are tests/conftest.py's session fixtures, shared with
 tests/test_dashboard.py.
 """
 
@@ -28,7 +28,6 @@ from service_support import (
 from core.io import decode_image
 from services.artifacts import encode_png
 
-pytest_plugins = ["service_support"]
 pytestmark = pytest.mark.slow
 
 

@@ -41,19 +41,16 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from core.configs import LabelJobConfig, TrainJobConfig, load_config, save_config  # noqa: E402
-from core.datasets import camvid  # noqa: E402
-from core.io import read_label, write_image, write_label  # noqa: E402
-from core.labels import CAMVID  # noqa: E402
-from core.metrics import ConfusionMatrix  # noqa: E402
-from core.store import LabelStore  # noqa: E402
-from core.transforms import resize_pair  # noqa: E402
+from core.configs import LabelJobConfig, TrainJobConfig, load_config, save_config
+from core.datasets import camvid
+from core.io import read_label, write_image, write_label
+from core.labels import CAMVID
+from core.metrics import ConfusionMatrix
+from core.store import LabelStore
+from core.transforms import resize_pair
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "benchmarks" / "camvid"

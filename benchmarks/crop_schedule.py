@@ -25,16 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ray
+import torch
 
-import ray  # noqa: E402
-import torch  # noqa: E402
-
-from core.configs import AugmentConfig, DataSource, ScheduleConfig, TrainJobConfig  # noqa: E402
-from core.schedule import scale_crop_sizes  # noqa: E402
-from core.synth import parse_size, write_synthetic_dataset  # noqa: E402
-from jobs.train import run_training  # noqa: E402
+from core.configs import AugmentConfig, DataSource, ScheduleConfig, TrainJobConfig
+from core.schedule import scale_crop_sizes
+from core.synth import parse_size, write_synthetic_dataset
+from jobs.train import run_training
 
 PAPER_CROPS = [400, 480, 560, 640, 720, 800]
 

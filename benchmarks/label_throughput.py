@@ -19,26 +19,22 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import numpy as np
+import ray
+import torch
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import ray  # noqa: E402
-import torch  # noqa: E402
-
-from core.checkpoint import load_model, save_checkpoint  # noqa: E402
-from core.configs import DataSource, LabelJobConfig  # noqa: E402
-from core.inference import predict_batch  # noqa: E402
-from core.io import read_image, write_image  # noqa: E402
-from core.labels import CITYSCAPES_TRAIN_IDS  # noqa: E402
-from core.models import build_model  # noqa: E402
-from jobs.label import run  # noqa: E402
+from core.checkpoint import load_model, save_checkpoint
+from core.configs import DataSource, LabelJobConfig
+from core.inference import predict_batch
+from core.io import read_image, write_image
+from core.labels import CITYSCAPES_TRAIN_IDS
+from core.models import build_model
+from jobs.label import run
 
 
 def write_images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:

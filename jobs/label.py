@@ -29,7 +29,7 @@ from core.io import read_image
 from core.labeling import label_batch
 from core.labels import LabelSpace
 from core.store import ImageStatus, LabelStore, describe_teacher, open_for_labeling
-from jobs.common import init_ray, parse_config
+from jobs.ray_entry import init_ray, parse_config
 
 # Outcomes of one image, as the actors report them.
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"

@@ -86,14 +86,14 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from services.cli import serve
+    from services.serve import serve
 
     serve(host=args.host, port=args.port)
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from jobs.demo import main as demo_main
+    from selftrain.demo import main as demo_main
 
     return demo_main(args)
 
@@ -141,7 +141,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="teacher -> pseudo labels -> student on synthetic scenes")
     p.add_argument("--workdir", default="selftrain-demo", help="where data and results go")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the scenes and of training")
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke run")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     p.set_defaults(func=_cmd_demo)

@@ -35,13 +35,12 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 from pydantic import Field
-from services.spec_inputs import check_spec_data, resolve_spec_paths
 from tqdm import tqdm
 
 from core.configs import (
@@ -68,6 +67,7 @@ from core.plan import (
 from core.runfiles import RunFiles, read_metrics, resolve_checkpoint
 from core.store import LabelStore
 from core.synth import write_synthetic_dataset
+from services.spec_inputs import check_spec_data, resolve_spec_paths
 
 # What run_demo writes into the work folder (and deletes first, so every demo starts fresh).
 DEMO_OUTPUTS = ("data", "runs", "pseudo_labels.png", "results.json")
@@ -131,8 +131,13 @@ class DemoConfig(StrictModel):
     def quick(cls, seed: int = 0) -> DemoConfig:
         """The CI variant: small scenes, few of them, short runs."""
         scenes = DemoScenes(
-            height=64, width=128, n_labeled=8, n_unlabeled_source=12, n_unlabeled_target=4,
-            n_test=6, seed=seed,
+            height=64,
+            width=128,
+            n_labeled=8,
+            n_unlabeled_source=12,
+            n_unlabeled_target=4,
+            n_test=6,
+            seed=seed,
         )
         run = _run_spec(seed, quick=True)
         return cls(scenes=scenes, run=run, preview_rows=3)
@@ -540,20 +545,8 @@ def _print_report(result: dict, config: DemoConfig, echo: Callable[[str], None])
     echo(f"finished in {result['seconds']['total'] / 60:.1f} min")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The demo's command-line options (``selftrain demo``)."""
-    parser.add_argument("--workdir", default="selftrain-demo", help="where data and results go")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the scenes and of training")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke run")
-    parser.add_argument("--json", action="store_true", help="end with one JSON line of the results")
-
-
-def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
-    """Run the demo; ``args`` are parsed options (``selftrain demo`` passes its own) or argv."""
-    if not isinstance(args, argparse.Namespace):
-        parser = argparse.ArgumentParser(description="Teacher -> pseudo labels -> student.")
-        add_arguments(parser)
-        args = parser.parse_args(args)
+def main(args: argparse.Namespace) -> int:
+    """``selftrain demo`` with its parsed options (selftrain/cli.py defines them)."""
     config = DemoConfig.quick(args.seed) if args.quick else DemoConfig.default(args.seed)
     result = run_demo(args.workdir, config)
     if args.json:

@@ -15,10 +15,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from core.plan import SpecError, join_field
-from services.backend import JobBackend, RayJobBackend
 from services.db import Database
 from services.deps import Service, ServiceDep, require_token
 from services.orchestrator import Orchestrator
+from services.ray_jobs import JobBackend, RayJobBackend
 from services.routes_predict import router as predict_router
 from services.routes_runs import router as runs_router
 from services.schemas import Health

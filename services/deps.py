@@ -9,10 +9,10 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from services.backend import JobBackend
 from services.db import Database
 from services.orchestrator import Orchestrator
 from services.predict import ModelCache
+from services.ray_jobs import JobBackend
 from services.settings import Settings
 
 

@@ -23,8 +23,6 @@ from core.configs import save_config
 from core.plan import PlannedStage, RunSpec, job_config, plan_stages, with_existing_inputs
 from core.runfiles import RunFiles, resolve_checkpoint
 from services.artifacts import store_progress, store_summary, train_progress
-from services.backend import ClusterUnavailableError, JobBackend, JobInfo
-from services.checks import check_spec_data, resolve_spec_paths
 from services.db import (
     FAILED,
     IN_FLIGHT,
@@ -37,7 +35,9 @@ from services.db import (
     Run,
     Stage,
 )
+from services.ray_jobs import ClusterUnavailableError, JobBackend, JobInfo
 from services.settings import Settings
+from services.spec_inputs import check_spec_data, resolve_spec_paths
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,12 @@ class Orchestrator:
 def _planned(stage: Stage) -> PlannedStage:
     """A stage row as the plan made it."""
     return PlannedStage(
-        stage.index, stage.name, stage.kind, stage.spec_field, stage.script, stage.config,
+        stage.index,
+        stage.name,
+        stage.kind,
+        stage.spec_field,
+        stage.script,
+        stage.config,
         dict(stage.outputs),
     )
 

@@ -9,11 +9,11 @@ from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, 
 
 from core.errors import CheckpointError, CorruptImageError
 from core.plan import SpecError
-from services.checks import check_readable_path
 from services.db import SUCCEEDED, Run
 from services.deps import Service, ServiceDep
 from services.predict import class_shares, label_png, overlay_png, predict_label
 from services.schemas import PredictionShares
+from services.spec_inputs import check_readable_path
 
 router = APIRouter(tags=["predict"])
 

@@ -16,9 +16,9 @@ from sqlalchemy import select
 
 from core.plan import RunSpec
 from services.artifacts import encode_png, overlay, shrink
-from services.backend import ClusterUnavailableError
 from services.db import TERMINAL, Run, Stage
 from services.deps import Service, ServiceDep
+from services.ray_jobs import ClusterUnavailableError
 from services.schemas import (
     PseudoLabelSamples,
     RunCreated,

@@ -3,7 +3,7 @@ selenium), clicking through a run that really ran: sign in, open the finished ru
 with their Ray submission ids, the metric charts of its epochs, the pseudo-label class distribution
 and overlays, and a job's log; then upload an image on the predict page and see the mask.
 
-The Ray head, the service (``selftrain serve``) and the finished run are test_service_helpers'
+The Ray head, the service (``selftrain serve``) and the finished run are tests/conftest.py's
 session fixtures, shared with tests/test_service_e2e.py. Screenshots go to
 ``$SELFTRAIN_SCREENSHOT_DIR`` if set, else to a temporary folder (docs/dashboard.png and
 docs/dashboard-predict.png were made that way, on purpose, not by every test run).
@@ -16,9 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_service_helpers import LIVE_EPOCHS, LIVE_IMAGE_SIZE, TOKEN
-
-pytest_plugins = ["test_service_helpers"]
+from service_support import LIVE_EPOCHS, LIVE_IMAGE_SIZE, TOKEN
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -3,6 +3,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from shared_datasets import CAMVID_ROOT, needs_camvid
 
 from core.configs import DataSource
 from core.datasets import (
@@ -27,11 +28,6 @@ from core.errors import (
 )
 from core.io import write_image, write_label
 from core.labels import CAMVID, declare_label_space
-
-CAMVID_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
-needs_camvid = pytest.mark.skipif(
-    not CAMVID_ROOT.is_dir(), reason=f"shared CamVid copy not found at {CAMVID_ROOT}"
-)
 
 
 def _image(h: int = 4, w: int = 6, value: int = 0) -> np.ndarray:

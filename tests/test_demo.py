@@ -11,15 +11,18 @@ import numpy as np
 import pytest
 
 from core.centroids import find_centroids
+from core.configs import AugmentConfig, LabelJobConfig, ScheduleConfig, TrainJobConfig
 from core.datasets import cityscapes
 from core.labels import CITYSCAPES
+from core.plan import job_config
 from core.store import LabelStore
-from jobs.demo import (
+from selftrain.demo import (
     DemoConfig,
     DemoPaths,
+    DemoScenes,
     class_table,
     format_table,
-    student_config,
+    plan_demo,
     write_demo_data,
     write_pseudo_label_picture,
 )
@@ -73,11 +76,11 @@ def test_pseudo_label_picture_puts_each_image_next_to_its_colored_label(tmp_path
 
 
 def test_demo_data_has_no_labels_for_the_unlabeled_scenes(tmp_path):
-    config = DemoConfig(
+    scenes = DemoScenes(
         height=32, width=64, n_labeled=3, n_unlabeled_source=2, n_unlabeled_target=1, n_test=2
     )
     paths = DemoPaths(tmp_path)
-    counts = write_demo_data(paths, config)
+    counts = write_demo_data(paths, scenes)
     assert counts == {
         "source_train": 3,
         "source_test": 2,
@@ -91,21 +94,91 @@ def test_demo_data_has_no_labels_for_the_unlabeled_scenes(tmp_path):
     assert not (paths.unlabeled / "gtFine").exists()
 
 
-def test_student_config_starts_from_the_teacher_only_when_asked(tmp_path):
-    paths = DemoPaths(tmp_path)
-    config = DemoConfig(real_pseudo_ratio=3.0, confidence_threshold=0.5)
+# A new value for every setting the demo sets; a knob the demo adds without an entry here fails
+# the test below, so each knob is shown to reach the job that uses it.
+TRAIN_KNOBS = {
+    "model": "fast_scnn",
+    "schedule": ScheduleConfig(kind="constant", crop_sizes=[48], base_batch_size=2),
+    "augment": AugmentConfig(scale_min=0.5, scale_max=2.0, blur=False),
+    "lr": 0.01,
+    "cpus_per_worker": 0.5,
+    "max_failures": 1,
+    "seed": 7,
+    "epochs": 2,
+    "samples_per_epoch": 5,
+    "real_pseudo_ratio": 1.0,
+    "centroid_sampling": False,
+    "confidence_threshold": 0.7,
+}
+LABEL_KNOBS = {
+    "mode": "slide",
+    "batch_size": 2,
+    "num_actors": 2,
+    "cpus_per_actor": 0.5,
+    "min_centroid_area": 9,
+    "overwrite": False,
+}
 
-    from_teacher = student_config(paths, config, tmp_path / "runs" / "teacher" / "last.pt")
-    from_scratch = student_config(paths, config)
 
-    assert from_teacher.init_checkpoint == str(tmp_path / "runs" / "teacher" / "last.pt")
-    assert from_scratch.init_checkpoint is None
-    assert from_teacher.pseudo[0].store == str(paths.store)
-    assert from_teacher.pseudo[0].confidence_threshold == 0.5
-    assert from_teacher.real_pseudo_ratio == 3.0
-    assert from_teacher.centroid_sampling
-    assert from_teacher.schedule.kind == "coarse2fine+"
-    assert from_teacher.schedule.warmup_epochs == config.warmup_epochs
+def _planned(tmp_path: Path, config: DemoConfig) -> dict:
+    return {stage.name: job_config(stage) for stage in plan_demo(DemoPaths(tmp_path), config)}
+
+
+@pytest.mark.parametrize("quick", [False, True])
+@pytest.mark.parametrize("stage", ["teacher", "student"])
+def test_every_training_knob_of_the_demo_reaches_its_job(tmp_path, quick, stage):
+    config = DemoConfig.quick() if quick else DemoConfig.default()
+    settings = getattr(config.run, stage).train
+    for name in sorted(settings.model_fields_set - {"labeled"}):
+        assert name in TRAIN_KNOBS, f"demo knob {stage}.train.{name} has no test value"
+        changed = settings.model_copy(update={name: TRAIN_KNOBS[name]})
+        run = config.run.model_copy(
+            update={stage: getattr(config.run, stage).model_copy(update={"train": changed})}
+        )
+        job = _planned(tmp_path, config.model_copy(update={"run": run}))[stage]
+        assert isinstance(job, TrainJobConfig)
+        assert getattr(job, name) == TRAIN_KNOBS[name], name
+        assert getattr(job, name) != getattr(settings, name), name
+    # The labeled scenes are the ones the demo writes, under its work folder.
+    job = _planned(tmp_path, config)[stage]
+    assert job.labeled.root == str(DemoPaths(tmp_path).source)
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_labeling_knob_of_the_demo_reaches_the_label_job(tmp_path, quick):
+    config = DemoConfig.quick() if quick else DemoConfig.default()
+    options = config.run.label.options
+    for name in sorted(options.model_fields_set):
+        assert name in LABEL_KNOBS, f"demo knob label.options.{name} has no test value"
+        label = config.run.label.model_copy(
+            update={"options": options.model_copy(update={name: LABEL_KNOBS[name]})}
+        )
+        run = config.run.model_copy(update={"label": label})
+        job = _planned(tmp_path, config.model_copy(update={"run": run}))["label-0"]
+        assert isinstance(job, LabelJobConfig)
+        assert getattr(job, name) == LABEL_KNOBS[name], name
+        assert getattr(job, name) != getattr(options, name), name
+    # The knob that once stopped at the demo: the store's settings carry the demo's value.
+    job = _planned(tmp_path, config)["label-0"]
+    assert job.inference().identity()["min_centroid_area"] == options.min_centroid_area
+
+
+def test_the_demo_student_starts_from_the_teacher_only_when_asked(tmp_path):
+    config = DemoConfig.default()
+    planned = _planned(tmp_path, config)
+    runs = DemoPaths(tmp_path).runs
+    assert planned["student"].init_checkpoint == str(runs / "teacher" / "best.pt")
+    assert planned["student"].pseudo == [str(runs / "stores" / "label-0.zarr")]
+    assert planned["label-0"].teacher_checkpoint == str(runs / "teacher" / "best.pt")
+    student = config.run.student.model_copy(update={"init_from_teacher": False})
+    scratch = config.model_copy(update={"run": config.run.model_copy(update={"student": student})})
+    assert _planned(tmp_path, scratch)["student"].init_checkpoint is None
+
+
+def test_the_demo_seed_sets_scenes_and_both_runs():
+    config = DemoConfig.default(seed=5)
+    assert config.scenes.seed == 5
+    assert config.run.teacher.train.seed == 5 and config.run.student.train.seed == 5
 
 
 @pytest.mark.slow
@@ -134,11 +207,11 @@ def test_quick_demo_command_runs_end_to_end(tmp_path):
     artifacts = result["artifacts"]
     for key in ("teacher_checkpoint", "student_checkpoint", "pseudo_label_picture", "results"):
         assert os.path.isfile(artifacts[key]), key
-    config = DemoConfig.quick()
+    scenes = DemoConfig.quick().scenes
     store = LabelStore.open(artifacts["label_store"], read_only=True)
-    assert len(store.done_indices()) == config.n_unlabeled_source + config.n_unlabeled_target
+    assert len(store.done_indices()) == scenes.n_unlabeled_source + scenes.n_unlabeled_target
     picture = cv2.imread(artifacts["pseudo_label_picture"])
-    assert picture.shape[1] == 2 * config.width + 4
+    assert picture.shape[1] == 2 * scenes.width + 4
     assert json.loads(Path(artifacts["results"]).read_text()) == result
 
     # Every class of the held-out source scenes has a row, in the result and in the printed table.

@@ -1,8 +1,7 @@
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
+from shared_datasets import CAMVID_ROOT, needs_camvid
 
 from core.datasets import CAMVID_STORED_IDS
 from core.errors import (
@@ -13,11 +12,6 @@ from core.errors import (
 )
 from core.io import decode_image, read_image, read_label, write_image, write_label
 from core.labels import CAMVID, CITYSCAPES, CITYSCAPES_TRAIN_IDS, declare_label_space
-
-CAMVID_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
-needs_camvid = pytest.mark.skipif(
-    not CAMVID_ROOT.is_dir(), reason=f"shared CamVid copy not found at {CAMVID_ROOT}"
-)
 
 
 def _rgb(h: int = 4, w: int = 6) -> np.ndarray:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_service_helpers import (
+from service_support import (
     STAGE_TIMEOUT_S,
     ServiceProcess,
     live_run_spec,
@@ -23,8 +23,8 @@ from test_service_helpers import (
     write_live_data,
 )
 
-from services.cli import dashboard_url, read_settings
 from services.localray import PORT_OPTIONS, LocalRayError, LocalRayHead, port_open, ray_command
+from services.serve import dashboard_url, read_settings
 
 HEAD_LINE = re.compile(r"local Ray head: jobs at http://127.0.0.1:(\d+), GCS port (\d+)")
 PID_LINE = re.compile(r"local Ray head: .* pid (\d+)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from test_service_helpers import (
+from service_support import (
     AUTH,
     FakeBackend,
     SucceedingBackend,

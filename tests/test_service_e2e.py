@@ -8,7 +8,7 @@
   never saw a stage submitted twice;
 - cancelling a run stops its Ray job.
 
-The head, the service and the finished run are test_service_helpers' session fixtures, shared with
+The head, the service and the finished run are tests/conftest.py's session fixtures, shared with
 tests/test_dashboard.py.
 """
 
@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import pytest
-from test_service_helpers import (
+from service_support import (
     LIVE_EPOCHS,
     STAGE_TIMEOUT_S,
     live_run_spec,
@@ -28,7 +28,6 @@ from test_service_helpers import (
 from core.io import decode_image
 from services.artifacts import encode_png
 
-pytest_plugins = ["test_service_helpers"]
 pytestmark = pytest.mark.slow
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from test_service_helpers import AUTH, FakeBackend, make_settings, write_scenes
+from service_support import AUTH, FakeBackend, make_settings, write_scenes
 
 from services.app import create_app
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from test_service_helpers import AUTH, FakeBackend, make_settings, write_checkpoint
+from service_support import AUTH, FakeBackend, make_settings, write_checkpoint
 
 from core.io import decode_image
 from services.app import create_app

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from core.plan import RunSpec, SpecError, plan_stages
 
-from services.checks import resolve_path
-from services.spec import RunSpec, SpecError, plan_stages
+from services.spec_inputs import resolve_path
 
 OUT = Path("/data/out")
 LABELED = {"format": "cityscapes", "root": "/data/cs"}
@@ -29,9 +29,9 @@ def _spec(**changes) -> RunSpec:
 def test_plain_run_is_teacher_label_student_connected_by_paths():
     stages = plan_stages(_spec(), OUT)
     assert [(s.name, s.kind, s.script) for s in stages] == [
-        ("teacher", "teacher", "teacher"),
+        ("teacher", "teacher", "train"),
         ("label-0", "label", "label"),
-        ("student", "student", "student"),
+        ("student", "student", "train"),
     ]
     teacher, label, student = stages
     assert teacher.config["run_name"] == "teacher" and teacher.config["role"] == "teacher"
@@ -39,10 +39,20 @@ def test_plain_run_is_teacher_label_student_connected_by_paths():
     assert teacher.outputs == {"checkpoint": "/data/out/teacher/best.pt"}
     assert label.config["teacher_checkpoint"] == "/data/out/teacher/best.pt"
     assert label.config["store"] == "/data/out/stores/label-0.zarr"
-    assert student.config["pseudo"] == [
-        {"store": "/data/out/stores/label-0.zarr", "confidence_threshold": 0.0}
-    ]
+    assert student.config["pseudo"] == ["/data/out/stores/label-0.zarr"]
+    assert student.config["confidence_threshold"] == 0.0
     assert student.config["role"] == "student" and student.config["mode"] == "joint"
+    # A student starts from scratch unless it asks for the teacher's weights.
+    assert student.config["init_checkpoint"] is None
+
+
+def test_a_student_can_start_from_its_teacher_in_every_loop():
+    stages = plan_stages(_spec(student={"train": TRAIN, "init_from_teacher": True}, loops=1), OUT)
+    by_name = {s.name: s for s in stages}
+    assert by_name["student"].config["init_checkpoint"] == "/data/out/teacher/best.pt"
+    assert by_name["student"].config["mode"] == "joint"
+    # In the next loop the student's teacher is the last student.
+    assert by_name["loop1-student"].config["init_checkpoint"] == "/data/out/student/best.pt"
 
 
 def test_given_artifacts_replace_stages_and_finetune_and_loops_chain_models():
@@ -51,8 +61,8 @@ def test_given_artifacts_replace_stages_and_finetune_and_loops_chain_models():
         label={
             "sources": [{"format": "folder", "root": "/data/a"}],
             "stores": ["/data/old.zarr"],
-            "confidence_threshold": 0.5,
         },
+        student={"train": {**TRAIN, "confidence_threshold": 0.5}},
         finetune={"train": {**TRAIN, "labeled": {**LABELED, "n_shot": 2}}},
         loops=1,
     )
@@ -70,15 +80,16 @@ def test_given_artifacts_replace_stages_and_finetune_and_loops_chain_models():
     by_name = {s.name: s for s in stages}
     assert by_name["teacher"].given and by_name["teacher"].config is None
     assert by_name["label-0"].config["teacher_checkpoint"] == "/data/t.pt"
-    stores = [p["store"] for p in by_name["student"].config["pseudo"]]
-    assert stores == ["/data/old.zarr", "/data/out/stores/label-0.zarr"]
+    assert by_name["student"].config["pseudo"] == [
+        "/data/old.zarr",
+        "/data/out/stores/label-0.zarr",
+    ]
+    assert by_name["student"].config["confidence_threshold"] == 0.5
     assert by_name["finetune"].config["mode"] == "finetune"
     assert by_name["finetune"].config["init_checkpoint"] == "/data/out/student/best.pt"
     # The next round is labeled by the finetuned model and does not reuse the old stores.
     assert by_name["loop1-label-0"].config["teacher_checkpoint"] == "/data/out/finetune/best.pt"
-    assert [p["store"] for p in by_name["loop1-student"].config["pseudo"]] == [
-        "/data/out/stores/loop1-label-0.zarr"
-    ]
+    assert by_name["loop1-student"].config["pseudo"] == ["/data/out/stores/loop1-label-0.zarr"]
     assert by_name["loop1-finetune"].config["init_checkpoint"] == (
         "/data/out/loop1-student/best.pt"
     )
@@ -95,6 +106,9 @@ def test_given_artifacts_replace_stages_and_finetune_and_loops_chain_models():
         ({"student": {"train": {**TRAIN, "pseudo": []}}}, "pseudo"),
         ({"label": {"sources": [LABELED], "options": {"store": "/s"}}}, "store"),
         ({"loops": 1, "label": {"stores": ["/s.zarr"]}}, "loops"),
+        ({"finetune": {"train": {**TRAIN, "init_checkpoint": "/x.pt"}}}, "init_checkpoint"),
+        ({"label": {"sources": [LABELED], "confidence_threshold": 0.5}}, "confidence_threshold"),
+        ({"teacher": {"train": TRAIN, "init_from_teacher": True}}, "init_from_teacher"),
     ],
 )
 def test_bad_specs_are_refused_naming_the_field(changes, field):

@@ -19,12 +19,12 @@ from core.checkpoint import load_checkpoint, load_model
 from core.configs import AugmentConfig, DataSource, ScheduleConfig, TrainJobConfig
 from core.datasets import cityscapes
 from core.labels import CITYSCAPES
+from core.runfiles import MetricsRow, RunFiles
 from core.sampling import CentroidTable
 from core.schedule import from_config
 from core.store import LabelStore
 from core.synth import write_synthetic_dataset
 from core.training import open_training_data
-from core.runfiles import MetricsRow, RunFiles
 from jobs.train import run_training
 from selftrain.cli import main as selftrain_main
 

@@ -1,5 +1,6 @@
-"""Checks of a run spec that need the file system: paths inside the data roots, datasets that exist
-and hold images, crops that fit them, models and artifacts that exist.
+"""The paths and data a run spec names, resolved and checked on the file system: paths inside the
+data roots, datasets that exist and hold images, crops that fit them, models and artifacts that
+exist.
 
 Every problem names the spec field (``teacher.train.labeled.root``) so the client can fix it; the
 API turns a ``SpecError`` into a 422.

@@ -2,10 +2,9 @@
 small real artifacts (synthetic scenes, a checkpoint of the "small" model, a label store), and the
 service as a real process on a real Ray head.
 
-Imported by the other tests/test_service*.py, tests/test_dashboard.py and tests/test_serve_local.py
-files. test_service_e2e.py and test_dashboard.py also load it as a pytest plugin
-(``pytest_plugins``), so its session fixtures (one Ray head, one service, one finished run) are set
-up once for both.
+Imported by tests/test_service*.py, tests/test_dashboard.py, tests/test_serve_local.py and
+tests/conftest.py, whose session fixtures (one Ray head, one service, one finished run) are set up
+once for test_service_e2e.py and test_dashboard.py.
 """
 
 from __future__ import annotations
@@ -19,14 +18,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from services.backend import JobInfo
-from services.localray import LocalRayError, LocalRayHead, free_port, ray_command
+from services.localray import LocalRayHead, free_port
+from services.ray_jobs import JobInfo
 from services.settings import Settings
 
 TOKEN = "test-token"
@@ -47,7 +45,7 @@ class FakeBackend:
         self.down = False
 
     def _check_up(self) -> None:
-        from services.backend import ClusterUnavailableError
+        from services.ray_jobs import ClusterUnavailableError
 
         if self.down:
             raise ClusterUnavailableError("fake cluster is down")
@@ -407,81 +405,6 @@ class ServiceProcess:
             if s["submission_id"]
         }
         raise AssertionError(f"run {run_id} stuck or failed: {json.dumps(run)[:3000]}\n{logs}")
-
-
-# The live fixtures are session-scoped so that test_service_e2e.py and test_dashboard.py share one
-# run. Pytest keeps a session fixture until the whole suite ends, which would leave the service and
-# its Ray head (over a gigabyte of memory) running beside unrelated tests; the two hooks below
-# (active where this module is loaded as a plugin) stop them after the last test that uses them.
-_LAST_LIVE_TEST = pytest.StashKey["pytest.Item | None"]()
-_live_cleanups: list[Callable[[], object]] = []
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    users = [item for item in items if "ray_head" in getattr(item, "fixturenames", ())]
-    config.stash[_LAST_LIVE_TEST] = users[-1] if users else None
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
-    result = yield
-    if item is item.config.stash.get(_LAST_LIVE_TEST, None):
-        while _live_cleanups:
-            _live_cleanups.pop()()
-    return result
-
-
-@pytest.fixture(scope="session")
-def ray_head(tmp_path_factory) -> Iterator[LocalRayHead]:
-    """A Ray head with 2 CPUs on free ports; a start that times out on a busy machine is tried
-    once more."""
-    try:
-        ray_command()
-    except LocalRayError as exc:
-        pytest.skip(str(exc))
-    folder = tmp_path_factory.mktemp("ray")
-    for attempt in range(2):
-        head = LocalRayHead(num_cpus=2, log_path=folder / f"head-{attempt}.log")
-        try:
-            head.start(timeout_s=180)
-            break
-        except LocalRayError as exc:
-            error = exc
-    else:
-        pytest.fail(f"the Ray head did not start: {error}")
-    _live_cleanups.append(head.stop)
-    try:
-        yield head
-    finally:
-        head.stop()
-
-
-@pytest.fixture(scope="session")
-def live_service(ray_head: LocalRayHead, tmp_path_factory) -> Iterator[ServiceProcess]:
-    """``selftrain serve`` on ``ray_head`` over ``write_live_data``'s scenes in ``root/data``."""
-    root = tmp_path_factory.mktemp("live")
-    write_live_data(root / "data")
-    env = service_env(
-        root,
-        SELFTRAIN_API_TOKEN=TOKEN,
-        SELFTRAIN_RAY_ADDRESS=ray_head.address,
-        **ray_head.client_env,
-    )
-    service = ServiceProcess(root, env, head=ray_head)
-    _live_cleanups.append(service.stop)
-    try:
-        service.start()
-        yield service
-    finally:
-        service.stop()
-
-
-@pytest.fixture(scope="session")
-def finished_run(live_service: ServiceProcess) -> dict:
-    """One run (teacher -> label -> student) finished on ``live_service``, as the API shows it."""
-    spec = live_run_spec(live_service.root / "data", "synthetic-demo")
-    created = live_service.json("POST", "/api/runs", spec)
-    return live_service.wait_until(created["id"], succeeded, 3 * STAGE_TIMEOUT_S)
 
 
 def succeeded(run: dict) -> bool:

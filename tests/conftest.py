@@ -1,0 +1,97 @@
+"""Fixtures shared across test files.
+
+The live ones are session fixtures: one Ray head, ``selftrain serve`` on it, and one run finished
+there, set up once for tests/test_service_e2e.py and tests/test_dashboard.py. Their helpers are in
+tests/service_support.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from service_support import (
+    STAGE_TIMEOUT_S,
+    TOKEN,
+    ServiceProcess,
+    live_run_spec,
+    service_env,
+    succeeded,
+    write_live_data,
+)
+
+from services.localray import LocalRayError, LocalRayHead, ray_command
+
+# The live fixtures are session-scoped so that test_service_e2e.py and test_dashboard.py share one
+# run. Pytest keeps a session fixture until the whole suite ends, which would leave the service and
+# its Ray head (over a gigabyte of memory) running beside unrelated tests; the two hooks below
+# stop them after the last test that uses them.
+_LAST_LIVE_TEST = pytest.StashKey["pytest.Item | None"]()
+_live_cleanups: list[Callable[[], object]] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    users = [item for item in items if "ray_head" in getattr(item, "fixturenames", ())]
+    config.stash[_LAST_LIVE_TEST] = users[-1] if users else None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    result = yield
+    if item is item.config.stash.get(_LAST_LIVE_TEST, None):
+        while _live_cleanups:
+            _live_cleanups.pop()()
+    return result
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory) -> Iterator[LocalRayHead]:
+    """A Ray head with 2 CPUs on free ports; a start that times out on a busy machine is tried
+    once more."""
+    try:
+        ray_command()
+    except LocalRayError as exc:
+        pytest.skip(str(exc))
+    folder = tmp_path_factory.mktemp("ray")
+    for attempt in range(2):
+        head = LocalRayHead(num_cpus=2, log_path=folder / f"head-{attempt}.log")
+        try:
+            head.start(timeout_s=180)
+            break
+        except LocalRayError as exc:
+            error = exc
+    else:
+        pytest.fail(f"the Ray head did not start: {error}")
+    _live_cleanups.append(head.stop)
+    try:
+        yield head
+    finally:
+        head.stop()
+
+
+@pytest.fixture(scope="session")
+def live_service(ray_head: LocalRayHead, tmp_path_factory) -> Iterator[ServiceProcess]:
+    """``selftrain serve`` on ``ray_head`` over ``write_live_data``'s scenes in ``root/data``."""
+    root = tmp_path_factory.mktemp("live")
+    write_live_data(root / "data")
+    env = service_env(
+        root,
+        SELFTRAIN_API_TOKEN=TOKEN,
+        SELFTRAIN_RAY_ADDRESS=ray_head.address,
+        **ray_head.client_env,
+    )
+    service = ServiceProcess(root, env, head=ray_head)
+    _live_cleanups.append(service.stop)
+    try:
+        service.start()
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def finished_run(live_service: ServiceProcess) -> dict:
+    """One run (teacher -> label -> student) finished on ``live_service``, as the API shows it."""
+    spec = live_run_spec(live_service.root / "data", "synthetic-demo")
+    created = live_service.json("POST", "/api/runs", spec)
+    return live_service.wait_until(created["id"], succeeded, 3 * STAGE_TIMEOUT_S)

@@ -16,7 +16,7 @@ Data (written once into ``<workdir>/data``):
   are only read to measure the pseudo labels' quality, never for training).
 
 Per seed N, ``<workdir>/<scale>/seed<N>/`` holds ``configs/`` (the configs as run), ``runs/``
-(checkpoints, metrics.jsonl), ``stores/pool.zarr`` (the pseudo labels), ``logs/`` and ``evals/``.
+(core.runfiles), ``stores/pool.zarr`` (the pseudo labels), ``logs/`` and ``evals/``.
 Prints one JSON line per model, then one JSON summary line; writes ``<workdir>/<scale>/results.md``
 (tables for docs/results.md) and ``summary.json`` there.
 
@@ -43,12 +43,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from camvid_report import STUDENTS, VARIANTS, aggregate, markdown_report
 
 from core.configs import LabelJobConfig, TrainJobConfig, load_config, save_config
 from core.datasets import camvid
 from core.io import read_label, write_image, write_label
 from core.labels import CAMVID
 from core.metrics import ConfusionMatrix
+from core.runfiles import MetricsRow, RunFiles
 from core.store import LabelStore
 from core.transforms import resize_pair
 
@@ -59,22 +61,6 @@ DEFAULT_CAMVID = REPO.parent / "shared" / "datasets" / "camvid"
 HALF_SIZE = (180, 240)
 DATA_NAME = "camvid_180x240"
 POOL_NAME = "pool_180x240"
-STUDENTS = ("naive_1to1", "centroid_1to1", "centroid_3to1", "centroid_7to1", "centroid_3to1_c2f")
-VARIANTS = ("teacher", *STUDENTS)
-RARE_CLASSES = ("pole", "sign", "fence", "pedestrian", "bicyclist")
-SHORT_NAMES = {
-    "sky": "sky",
-    "building": "bldg",
-    "pole": "pole",
-    "road": "road",
-    "sidewalk": "sdwk",
-    "tree": "tree",
-    "sign": "sign",
-    "fence": "fence",
-    "car": "car",
-    "pedestrian": "ped",
-    "bicyclist": "bike",
-}
 # The smoke scale: same configs, a few steps each and a small pool, to prove the plumbing.
 SMOKE_EPOCHS = 2
 SMOKE_SAMPLES_PER_EPOCH = 16
@@ -260,23 +246,24 @@ def train_and_evaluate(
     """Train one model with its job script, evaluate its last checkpoint, print its JSON line."""
     config = resolve_train_config(name, seed, seed_dir, scale)
     config_path = seed_dir / "configs" / f"{name}.yaml"
-    run_dir = Path(config.storage_path) / config.run_name
+    files = RunFiles.of(config.storage_path, config.run_name)
     record: dict = {"model": name, "seed": seed, "scale": scale, **describe_config(config)}
     # The job would resume the old run under the new config (or just return it as it is).
     changed = config_path.is_file() and load_config(config_path, TrainJobConfig) != config
-    if run_dir.exists() and changed:
-        record["error"] = f"{name}: config changed since {run_dir} was trained; use a new --workdir"
+    if files.directory.exists() and changed:
+        record["error"] = (
+            f"{name}: config changed since {files.directory} was trained; use a new --workdir"
+        )
         print(json.dumps(record), flush=True)
         return record
     save_config(config, config_path)
-    script = "teacher.py" if name == "teacher" else "student.py"
-    command = [sys.executable, str(REPO / "jobs" / script), "--config", str(config_path)]
+    command = [sys.executable, str(REPO / "jobs" / "train.py"), "--config", str(config_path)]
     record["train_command"] = shlex.join(command)
     log(f"seed {seed}: training {name}")
     try:
         _, wall = run_job(command, seed_dir / "logs" / f"{name}.log", env)
-        record.update(training_figures(run_dir / "metrics.jsonl"), job_wall_s=round(wall, 1))
-        checkpoint = run_dir / "last.pt"
+        record.update(training_figures(files.read_metrics()), job_wall_s=round(wall, 1))
+        checkpoint = files.last
         record["checkpoint"] = str(checkpoint)
         modes = ["whole", "multiscale"] if name == "teacher" else ["whole"]
         for mode in modes:
@@ -312,8 +299,7 @@ def resolve_train_config(name: str, seed: int, seed_dir: Path, scale: str) -> Tr
             data[key]["root"] = under(seed_dir, data[key]["root"])
             if data[key]["subset_list"] is not None:
                 data[key]["subset_list"] = under(REPO, data[key]["subset_list"])
-    for pseudo in data["pseudo"]:
-        pseudo["store"] = under(seed_dir, pseudo["store"])
+    data["pseudo"] = [under(seed_dir, store) for store in data["pseudo"]]
     if data["init_checkpoint"] is not None:
         data["init_checkpoint"] = under(seed_dir, data["init_checkpoint"])
     if scale == "smoke":
@@ -447,20 +433,19 @@ def log(message: str) -> None:
 # --- measurements ----------------------------------------------------------------------------
 
 
-def training_figures(metrics_path: Path) -> dict:
-    """Steps, pseudo share and times of a finished run, from its metrics.jsonl."""
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    n_real = sum(row["n_real"] for row in rows)
-    n_pseudo = sum(row["n_pseudo"] for row in rows)
+def training_figures(rows: list[MetricsRow]) -> dict:
+    """Steps, pseudo share and times of a finished run, from its metrics rows."""
+    n_real = sum(row.n_real for row in rows)
+    n_pseudo = sum(row.n_pseudo for row in rows)
     # One worker: each epoch takes ceil(samples / batch) steps.
-    steps = sum(math.ceil((r["n_real"] + r["n_pseudo"]) / r["batch_size"]) for r in rows)
+    steps = sum(math.ceil((r.n_real + r.n_pseudo) / r.batch_size) for r in rows)
     return {
         "epochs_done": len(rows),
         "steps": steps,
         "pseudo_share": n_pseudo / (n_real + n_pseudo) if n_real + n_pseudo else 0.0,
-        "final_loss": rows[-1]["loss"] if rows else None,
-        "train_s": round(sum(row["seconds"] for row in rows), 1),
-        "train_cpu_s": round(sum(row["cpu_seconds"] for row in rows), 1),
+        "final_loss": rows[-1].loss if rows else None,
+        "train_s": round(sum(row.seconds for row in rows), 1),
+        "train_cpu_s": round(sum(row.cpu_seconds for row in rows), 1),
     }
 
 
@@ -498,40 +483,6 @@ def pseudo_label_quality(store_path: str, half_root: Path) -> dict:
     }
 
 
-def aggregate(models: list[dict]) -> dict:
-    """Per variant: mean and spread of mIoU and per-class IoU over seeds, and the paired
-    difference to the teacher of the same seed."""
-    teacher = {m["seed"]: m["miou"] for m in models if m["model"] == "teacher" and "miou" in m}
-    out = {}
-    for name in VARIANTS:
-        runs = [m for m in models if m["model"] == name and "miou" in m]
-        if not runs:
-            continue
-        mious = [m["miou"] for m in runs]
-        classes = runs[0]["per_class_iou"]
-        per_class = {c: nanmean([m["per_class_iou"][c] for m in runs]) for c in classes}
-        deltas = [m["miou"] - teacher[m["seed"]] for m in runs if m["seed"] in teacher]
-        out[name] = {
-            "seeds": [m["seed"] for m in runs],
-            "miou_mean": float(np.mean(mious)),
-            "miou_std": float(np.std(mious, ddof=1)) if len(mious) > 1 else None,
-            "delta_vs_teacher_mean": float(np.mean(deltas)) if name != "teacher" else None,
-            "delta_vs_teacher": deltas if name != "teacher" else None,
-            "per_class_iou_mean": per_class,
-            "pseudo_share": runs[0].get("pseudo_share"),
-            "steps": runs[0].get("steps"),
-            "train_s_mean": float(np.mean([m["train_s"] for m in runs])),
-            "job_wall_s_mean": float(np.mean([m["job_wall_s"] for m in runs])),
-            **{k: runs[0][k] for k in ("centroid_sampling", "real_pseudo_ratio", "crop_schedule")},
-        }
-    return out
-
-
-def nanmean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(np.mean(present)) if present else None
-
-
 def describe_machine() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -559,80 +510,6 @@ def describe_machine() -> dict:
 
 
 # --- markdown --------------------------------------------------------------------------------
-
-
-def markdown_report(summary: dict) -> str:
-    """Tables for docs/results.md: per variant (mean over seeds), per run, and pseudo labels."""
-    machine = summary["machine"]
-    lines = [
-        f"Scale `{summary['scale']}`, seeds {summary['seeds']}, {machine['date']}, "
-        f"git {machine['git']}.",
-        f"Machine: {machine['cpu']}, {machine['cpus']} CPUs, torch {machine['torch']}; load "
-        f"average {machine['loadavg_start'][0]} at the start, {machine['loadavg_end'][0]} at the "
-        f"end. Whole benchmark {summary['wall_s'] / 60:.1f} min.",
-        f"Command: `{summary['command']}`",
-        "",
-        "mIoU and per-class IoU (%) on CamVid val (101 images at 180x240, `selftrain evaluate`,",
-        "whole-image inference), mean over seeds; Δ: paired difference to the same seed's teacher;",
-        f"rare: mean IoU of {', '.join(RARE_CLASSES)}; pseudo share: pseudo samples / all samples.",
-        "",
-    ]
-    by_variant = summary["by_variant"]
-    any_run = next(iter(by_variant.values()), None)
-    classes = list(any_run["per_class_iou_mean"]) if any_run else list(SHORT_NAMES)
-    header = ["model", "centroid", "real:pseudo", "crops", "pseudo share", "steps", "mIoU", "Δ"]
-    header += ["rare"]
-    header += [SHORT_NAMES.get(c, c) for c in classes] + ["train min"]
-    lines += table_header(header)
-    for name, v in by_variant.items():
-        spread = f" ± {100 * v['miou_std']:.1f}" if v["miou_std"] is not None else ""
-        delta = v["delta_vs_teacher_mean"]
-        row = [
-            name,
-            "-" if name == "teacher" else ("yes" if v["centroid_sampling"] else "no"),
-            "-" if v["real_pseudo_ratio"] is None else f"{v['real_pseudo_ratio']:g}:1",
-            v["crop_schedule"],
-            f"{100 * (v['pseudo_share'] or 0):.0f}%",
-            str(v["steps"]),
-            f"**{100 * v['miou_mean']:.1f}**{spread}",
-            "" if delta is None else f"{100 * delta:+.1f}",
-            percent(nanmean([v["per_class_iou_mean"].get(c) for c in RARE_CLASSES])),
-            *[percent(v["per_class_iou_mean"][c]) for c in classes],
-            f"{v['train_s_mean'] / 60:.1f}",
-        ]
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Every run:", ""]
-    lines += table_header(["model", "seed", "mIoU", "ms+flip mIoU", *classes, "job wall s"])
-    for m in summary["models"]:
-        if "miou" not in m:
-            lines.append(f"| {m['model']} | {m['seed']} | failed: {m.get('error', '')[:80]} |")
-            continue
-        ms = percent(m["miou_multiscale"]) if "miou_multiscale" in m else ""
-        per_class = [percent(m["per_class_iou"][c]) for c in classes]
-        row = [m["model"], str(m["seed"]), percent(m["miou"]), ms, *per_class]
-        lines.append("| " + " | ".join([*row, str(m["job_wall_s"])]) + " |")
-    lines += ["", "Pseudo labels against the pool's ground truth (IoU and pixel share, %):", ""]
-    lines += table_header(["seed", "images", "what", "mIoU", *classes])
-    for seed, q in summary["pseudo_labels"].items():
-        rows = [
-            ("IoU", percent(q["miou"]), [percent(q["per_class_iou"][c]) for c in classes]),
-            ("share, truth", "", [percent(q["truth_pixel_share"][c]) for c in classes]),
-            ("share, pseudo", "", [percent(q["pseudo_pixel_share"][c]) for c in classes]),
-            ("centroids", "", [str(q["centroids_per_class"][c]) for c in classes]),
-        ]
-        for what, miou, cells in rows:
-            row = [str(seed), str(q["images"]), what, miou, *cells]
-            lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
-    return "\n".join(lines)
-
-
-def table_header(columns: list[str]) -> list[str]:
-    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-
-
-def percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
 
 
 if __name__ == "__main__":

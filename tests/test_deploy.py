@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 JOB_CONFIGS = {
     "label.py": LabelJobConfig,
+    "train.py": TrainJobConfig,
     "student.py": TrainJobConfig,
     "teacher.py": TrainJobConfig,
 }

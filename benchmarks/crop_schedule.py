@@ -33,8 +33,9 @@ import torch  # noqa: E402
 
 from core.configs import AugmentConfig, DataSource, ScheduleConfig, TrainJobConfig  # noqa: E402
 from core.schedule import scale_crop_sizes  # noqa: E402
-from core.synth import parse_size, write_synthetic_dataset  # noqa: E402
+from core.synth import write_synthetic_dataset  # noqa: E402
 from jobs.train import run_training  # noqa: E402
+from selftrain.cli import parse_size  # noqa: E402
 
 PAPER_CROPS = [400, 480, 560, 640, 720, 800]
 

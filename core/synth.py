@@ -421,7 +421,7 @@ def generate_scene(
         ValueError: Unknown domain, or a size that is not two integers >= 32.
     """
     _check_domain(domain)
-    rows, cols = _check_size(size)
+    rows, cols = check_size(size)
     look = _random_look(rng, domain)
     cam = _Camera(
         f=cols * rng.uniform(0.8, 1.05),
@@ -486,7 +486,7 @@ def write_synthetic_dataset(
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
     _check_domain(domain)
-    _check_size(size)
+    check_size(size)
     city = f"synth_{domain}"
     image_dir = Path(out) / "leftImg8bit" / split / city
     label_dir = Path(out) / "gtFine" / split / city
@@ -506,18 +506,6 @@ def write_synthetic_dataset(
     return paths
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """Parse ``"HxW"`` (e.g. ``"256x512"``) into (height, width).
-
-    Raises:
-        ValueError: The text is not two integers >= 32 joined by ``x``.
-    """
-    parts = text.strip().lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"size {text!r} is not HEIGHTxWIDTH, e.g. 256x512")
-    return _check_size((int(parts[0]), int(parts[1])))
-
-
 def preview(rgb: np.ndarray, label_ids: np.ndarray) -> np.ndarray:
     """The picture and its colorized label side by side, (H, 2W, 3) uint8 RGB."""
     colors = CITYSCAPES.colorize(CITYSCAPES.to_train_ids(label_ids))
@@ -529,7 +517,18 @@ def _check_domain(domain: str) -> None:
         raise ValueError(f"unknown domain {domain!r}; expected one of: {', '.join(DOMAINS)}")
 
 
-def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+def check_size(size: tuple[int, int]) -> tuple[int, int]:
+    """Check a scene size and return it as plain ints.
+
+    Args:
+        size: (height, width) in pixels.
+
+    Returns:
+        (height, width) as Python ints.
+
+    Raises:
+        ValueError: `size` is not two integers, or one of them is below 32.
+    """
     if len(size) != 2 or not all(isinstance(s, int | np.integer) for s in size):
         raise ValueError(f"size must be (height, width) integers, got {size!r}")
     rows, cols = int(size[0]), int(size[1])

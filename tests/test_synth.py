@@ -1,4 +1,4 @@
-"""Tests of the synthetic street scenes (core/synth.py)."""
+"""Tests of the synthetic street scenes (core/synth/)."""
 
 from __future__ import annotations
 

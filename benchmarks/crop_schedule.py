@@ -30,8 +30,9 @@ import torch
 
 from core.configs import AugmentConfig, DataSource, ScheduleConfig, TrainJobConfig
 from core.schedule import scale_crop_sizes
-from core.synth import parse_size, write_synthetic_dataset
+from core.synth import write_synthetic_dataset
 from jobs.train import run_training
+from selftrain.cli import parse_size
 
 PAPER_CROPS = [400, 480, 560, 640, 720, 800]
 
@@ -127,14 +128,14 @@ def _train_once(kind: str, args: argparse.Namespace, root: Path, crops: list[int
     start = time.perf_counter()
     summary = run_training(config)
     wall = time.perf_counter() - start
-    history = summary["history"]
+    history = summary.history
     return {
         "wall_s": round(wall, 2),
-        "train_s": round(sum(row["seconds"] for row in history), 2),
-        "train_cpu_s": round(sum(row["cpu_seconds"] for row in history), 2),
-        "val_miou": round(summary["final"]["val_miou"], 4),
-        "crop_sizes": [row["crop_size"] for row in history],
-        "steps": sum(-(-row["n_real"] // row["batch_size"]) for row in history),
+        "train_s": round(sum(row.seconds for row in history), 2),
+        "train_cpu_s": round(sum(row.cpu_seconds for row in history), 2),
+        "val_miou": round(summary.final.val_miou, 4),
+        "crop_sizes": [row.crop_size for row in history],
+        "steps": sum(-(-row.n_real // row.batch_size) for row in history),
     }
 
 

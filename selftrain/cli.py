@@ -12,8 +12,29 @@ import time
 from collections.abc import Callable, Sequence
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """Parse ``"HxW"`` (e.g. ``"256x512"``) into (height, width).
+
+    Args:
+        text: Height and width joined by ``x``, case and surrounding spaces ignored.
+
+    Returns:
+        (height, width) in pixels.
+
+    Raises:
+        ValueError: The text is not two integers >= 32 joined by ``x``.
+    """
+    # Imported here, not at the top, so that `selftrain --help` does not load numpy and OpenCV.
+    from core.synth import check_size
+
+    parts = text.strip().lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"size {text!r} is not HEIGHTxWIDTH, e.g. 256x512")
+    return check_size((int(parts[0]), int(parts[1])))
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from core.synth import parse_size, write_synthetic_dataset
+    from core.synth import write_synthetic_dataset
 
     paths = write_synthetic_dataset(
         args.out,
@@ -31,7 +52,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
     import torch
 
     from core.models import build_model, count_parameters, list_models
-    from core.synth import parse_size
 
     height, width = parse_size(args.size)
     torch.set_grad_enabled(False)

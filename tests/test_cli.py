@@ -11,6 +11,7 @@ import pytest
 
 from core.datasets import cityscapes
 from core.labels import CITYSCAPES
+from selftrain.cli import parse_size
 
 
 def selftrain(*args: str) -> subprocess.CompletedProcess:
@@ -87,6 +88,20 @@ def test_models_builds_every_model_and_runs_a_512x1024_forward():
     assert 38e6 < rows["deeplabv3plus_resnet50"]["parameters"] < 42e6
     for row in rows.values():
         assert row["output"] == [1, 19, 512, 1024]
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("256x512", (256, 512)), (" 64X128 ", (64, 128)), ("1024x2048", (1024, 2048))],
+)
+def test_parse_size(text: str, size: tuple[int, int]) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["256", "256x", "x512", "axb", "256x512x3", "-256x512", "16x16"])
+def test_parse_size_rejects_bad_text(text: str) -> None:
+    with pytest.raises(ValueError, match="size"):
+        parse_size(text)
 
 
 def test_evaluate_reports_an_unknown_checkpoint_as_an_error(tmp_path):

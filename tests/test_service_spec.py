@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from core.plan import RunSpec, SpecError, plan_stages
 
+from core.plan import RunSpec, SpecError, plan_stages
 from services.spec_inputs import resolve_path
 
 OUT = Path("/data/out")

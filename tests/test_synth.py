@@ -1,4 +1,4 @@
-"""Tests of the synthetic street scenes (core/synth.py)."""
+"""Tests of the synthetic street scenes (core/synth/)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from core.labels import CITYSCAPES
 from core.synth import (
     EGO_VEHICLE,
     generate_scene,
-    parse_size,
     preview,
     write_synthetic_dataset,
 )
@@ -171,20 +170,6 @@ def test_write_synthetic_dataset_rejects_bad_arguments(tmp_path, kwargs) -> None
 def test_generate_scene_rejects_unknown_domain() -> None:
     with pytest.raises(ValueError, match="'dusk'"):
         generate_scene(np.random.default_rng(0), SIZE, "dusk")
-
-
-@pytest.mark.parametrize(
-    ("text", "size"),
-    [("256x512", (256, 512)), (" 64X128 ", (64, 128)), ("1024x2048", (1024, 2048))],
-)
-def test_parse_size(text: str, size: tuple[int, int]) -> None:
-    assert parse_size(text) == size
-
-
-@pytest.mark.parametrize("text", ["256", "256x", "x512", "axb", "256x512x3", "-256x512", "16x16"])
-def test_parse_size_rejects_bad_text(text: str) -> None:
-    with pytest.raises(ValueError, match="size"):
-        parse_size(text)
 
 
 def test_preview_puts_the_colored_label_right_of_the_picture() -> None:

@@ -35,6 +35,7 @@ from core.io import read_image, write_image
 from core.labels import CITYSCAPES_TRAIN_IDS
 from core.models import build_model
 from jobs.label import run
+from selftrain.cli import parse_size
 
 
 def write_images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
@@ -80,7 +81,7 @@ def main() -> None:
     parser.add_argument("--cpus-per-actor", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=2, help="best of this many runs of each")
     args = parser.parse_args()
-    size = tuple(int(v) for v in args.size.lower().split("x"))
+    size = parse_size(args.size)
 
     with tempfile.TemporaryDirectory(prefix="label-bench-") as tmp:
         root = Path(tmp)

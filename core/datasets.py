@@ -27,7 +27,7 @@ import torch.utils.data
 
 from core.configs import DataSource
 from core.errors import ConfigError, DataError, EmptyDatasetError
-from core.io import read_image, read_label
+from core.io import existing_path, read_image, read_label
 from core.labels import (
     CAMVID,
     CITYSCAPES,
@@ -300,11 +300,7 @@ def _list_file_path(list_file: str, root: str) -> Path:
 
 
 def _existing_folder(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.is_dir():
-        problem = "is a file, not a folder" if path.exists() else "folder does not exist"
-        raise DataError(path, problem)
-    return path
+    return existing_path(path, "folder")
 
 
 def _existing_label(label: Path, image: Path) -> Path:

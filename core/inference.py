@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,29 +35,16 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 def predict(
-    model: nn.Module,
-    image: np.ndarray,
-    mode: InferenceMode = "whole",
-    scales: Sequence[float] = (0.5, 1.0, 2.0),
-    flip: bool = True,
-    crop: int = 512,
-    device: str | torch.device = "cpu",
-    bf16: bool = False,
-    channels_last: bool = False,
+    model: nn.Module, image: np.ndarray, mode: InferenceMode = "whole", **options: Any
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Label one image.
+    """Label one image: ``predict_batch`` on a batch of one.
 
     Args:
-        model: Segmentation model already on ``device`` and in eval mode.
+        model: Segmentation model already on the device and in eval mode.
         image: RGB image (H, W, 3) uint8.
         mode: ``"whole"``, ``"slide"`` or ``"multiscale"`` (see the module docstring).
-        scales: Resize factors for ``multiscale``.
-        flip: Also average horizontally mirrored predictions (``multiscale``).
-        crop: Window size for ``slide`` and ``multiscale``.
-        device: Where the forward passes run.
-        bf16: Run the model under bfloat16 autocast (CUDA or CPU); softmax and averaging stay
-            float32.
-        channels_last: Use channels-last memory format; converts ``model``'s weights in place.
+        options: ``predict_batch``'s other options (scales, flip, crop, device, bf16,
+            channels_last).
 
     Returns:
         The label map (H, W) uint8 and the confidence (H, W) float32, the highest averaged softmax
@@ -64,9 +52,7 @@ def predict(
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
-    labels, confidence = predict_batch(
-        model, image[None], mode, scales, flip, crop, device, bf16, channels_last
-    )
+    labels, confidence = predict_batch(model, image[None], mode, **options)
     return labels[0].numpy(), confidence[0].numpy()
 
 
@@ -81,10 +67,19 @@ def predict_batch(
     bf16: bool = False,
     channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Label a batch of same-size images; options as in :func:`predict`.
+    """Label a batch of same-size images.
 
     Args:
+        model: Segmentation model already on ``device`` and in eval mode.
         images: uint8 (N, H, W, 3) RGB, a CPU tensor or numpy array (moved to ``device`` as uint8).
+        mode: ``"whole"``, ``"slide"`` or ``"multiscale"`` (see the module docstring).
+        scales: Resize factors for ``multiscale``.
+        flip: Also average horizontally mirrored predictions (``multiscale``).
+        crop: Window size for ``slide`` and ``multiscale``.
+        device: Where the forward passes run.
+        bf16: Run the model under bfloat16 autocast (CUDA or CPU); softmax and averaging stay
+            float32.
+        channels_last: Use channels-last memory format; converts ``model``'s weights in place.
 
     Returns:
         Labels (N, H, W) uint8 and confidence (N, H, W) float32, both CPU tensors.

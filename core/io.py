@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -147,11 +148,23 @@ def write_label(path: str | Path, label: np.ndarray) -> Path:
     return path
 
 
-def _read_bytes(path: str | Path) -> bytes:
+def existing_path(path: str | Path, kind: Literal["file", "folder"]) -> Path:
+    """``path`` as a Path when it is an existing file (or folder).
+
+    Raises:
+        DataError: It does not exist, or is a folder where a file is wanted (or the reverse).
+    """
     path = Path(path)
-    if not path.is_file():
-        problem = "is a folder, not a file" if path.is_dir() else "file does not exist"
+    is_kind = path.is_file() if kind == "file" else path.is_dir()
+    if not is_kind:
+        other = "folder" if kind == "file" else "file"
+        problem = f"is a {other}, not a {kind}" if path.exists() else f"{kind} does not exist"
         raise DataError(path, problem)
+    return path
+
+
+def _read_bytes(path: str | Path) -> bytes:
+    path = existing_path(path, "file")
     try:
         data = path.read_bytes()
     except OSError as exc:

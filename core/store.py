@@ -21,7 +21,6 @@ image leaves it pending, and the next run labels it again.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from collections.abc import Sequence
@@ -123,7 +122,7 @@ class LabelStore:
                 that is not a label store (never deleted, even with ``overwrite``).
         """
         path = Path(path)
-        if _exists(path):
+        if path_taken(path):
             if not overwrite:
                 raise StoreError(path, "already exists; set overwrite to replace it")
             _delete_store(path)
@@ -140,20 +139,7 @@ class LabelStore:
             "progress": None,
         }
         group = zarr.open_group(str(path), mode="w-", zarr_format=3)
-        group.create_array("paths", shape=(0,), dtype=str, chunks=(_PATHS_CHUNK,))
-        group.create_array("status", shape=(0,), dtype="uint8", chunks=(1,), fill_value=0)
-        group.create_array("size", shape=(0, 2), dtype="int32", chunks=(1, 2), fill_value=0)
-        group.create_array("reason", shape=(0,), dtype=str, chunks=(1,), fill_value="")
-        num_classes = label_space.num_classes
-        group.create_array(
-            "class_pixels",
-            shape=(0, num_classes),
-            dtype="int64",
-            chunks=(1, num_classes),
-            fill_value=0,
-        )
-        for name in ("labels", "confidence", "centroids"):
-            group.create_group(name)
+        _create_arrays(group, label_space.num_classes)
         # The attributes are the commit point: a reader that opens the store while it is being
         # created sees "not a label store", never a store without its arrays. (One write:
         # `group.attrs.update` would write zarr.json once per key.)
@@ -505,89 +491,21 @@ class LabelStore:
         }
 
 
-def describe_teacher(checkpoint_path: str | Path, checkpoint: dict) -> dict:
-    """The teacher identity a store records: checkpoint file, its sha256, model and training config.
-
-    Args:
-        checkpoint_path: The checkpoint file.
-        checkpoint: Its contents, as core.checkpoint.load_checkpoint returns them.
-    """
-    path = Path(checkpoint_path).resolve()
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {
-        "checkpoint": str(path),
-        "sha256": digest.hexdigest(),
-        "model_name": checkpoint["model_name"],
-        "model_options": checkpoint["model_options"],
-        "epoch": checkpoint["epoch"],
-        "config": checkpoint["config"],
-    }
-
-
-# What makes two teachers the same: the weights (file hash) and the architecture that reads them.
-TEACHER_IDENTITY = ("sha256", "model_name")
-
-
-def open_for_labeling(
-    path: str | Path,
-    image_paths: Sequence[str],
-    label_space: LabelSpace,
-    teacher: dict,
-    settings: dict,
-    overwrite: bool = False,
-) -> LabelStore:
-    """The store a labeling run writes into, with every image of ``image_paths`` in its list.
-
-    A missing store is created. An existing one is reused when it was made by the same teacher
-    (`TEACHER_IDENTITY`) with the same settings, and the images it does not hold yet are appended.
-
-    Args:
-        path: The store.
-        image_paths: The images to label (the source's list, sorted).
-        label_space: The teacher's classes.
-        teacher: From `describe_teacher`.
-        settings: The inference settings that shape the labels.
-        overwrite: Delete and recreate a store made by another teacher or with other settings.
-            A store of the same teacher is kept either way, so a rerun resumes.
-
-    Raises:
-        StoreError: The store was made by another teacher or with other settings and
-            ``overwrite`` is false, or ``path`` holds something else.
-    """
-    path = Path(path)
-    if not _exists(path):
-        return LabelStore.create(path, image_paths, None, label_space, teacher, settings)
-    store = LabelStore.open(path)
-    differences = _differences(store, label_space, teacher, settings)
-    if differences:
-        if not overwrite:
-            raise StoreError(
-                path,
-                f"labeled by another teacher or with other settings ({'; '.join(differences)}); "
-                "set overwrite to delete it and label again",
-            )
-        return LabelStore.create(path, image_paths, None, label_space, teacher, settings, True)
-    store.add_images(image_paths)
-    return store
-
-
-def _differences(
-    store: LabelStore, label_space: LabelSpace, teacher: dict, settings: dict
-) -> list[str]:
-    differences = [
-        f"teacher {key} {store.teacher.get(key)!r} != {teacher.get(key)!r}"
-        for key in TEACHER_IDENTITY
-        if store.teacher.get(key) != teacher.get(key)
-    ]
-    if store.label_space.to_dict() != label_space.to_dict():
-        differences.append(f"classes {list(store.label_space.names)} != {list(label_space.names)}")
-    for key in sorted(set(store.settings) | set(settings)):
-        if store.settings.get(key) != settings.get(key):
-            differences.append(f"{key} {store.settings.get(key)!r} != {settings.get(key)!r}")
-    return differences
+def _create_arrays(group: zarr.Group, num_classes: int) -> None:
+    """The empty per-image arrays and the groups of per-image label arrays of a new store."""
+    group.create_array("paths", shape=(0,), dtype=str, chunks=(_PATHS_CHUNK,))
+    group.create_array("status", shape=(0,), dtype="uint8", chunks=(1,), fill_value=0)
+    group.create_array("size", shape=(0, 2), dtype="int32", chunks=(1, 2), fill_value=0)
+    group.create_array("reason", shape=(0,), dtype=str, chunks=(1,), fill_value="")
+    group.create_array(
+        "class_pixels",
+        shape=(0, num_classes),
+        dtype="int64",
+        chunks=(1, num_classes),
+        fill_value=0,
+    )
+    for name in ("labels", "confidence", "centroids"):
+        group.create_group(name)
 
 
 def store_info(path: str | Path) -> dict:
@@ -595,7 +513,8 @@ def store_info(path: str | Path) -> dict:
     return LabelStore.open(path, read_only=True).summary()
 
 
-def _exists(path: Path) -> bool:
+def path_taken(path: Path) -> bool:
+    """Whether ``path`` holds anything: a file, or a folder that is not empty."""
     return path.is_file() or (path.is_dir() and any(path.iterdir()))
 
 

@@ -26,9 +26,9 @@ from core.configs import InferenceSettings, LabelJobConfig
 from core.datasets import open_source
 from core.errors import DataError
 from core.io import read_image
-from core.labeling import label_batch
+from core.labeling import describe_teacher, label_batch, open_for_labeling
 from core.labels import LabelSpace
-from core.store import ImageStatus, LabelStore, describe_teacher, open_for_labeling
+from core.store import ImageStatus, LabelStore
 from jobs.ray_entry import init_ray, parse_config
 
 # Outcomes of one image, as the actors report them.

@@ -73,8 +73,6 @@ def resolve_spec_paths(spec: RunSpec, roots: Sequence[Path]) -> RunSpec:
         for key in ("labeled", "val"):
             if train.get(key):
                 _fix_source(fix, train[key], f"{name}.train.{key}")
-        if "init_checkpoint" in train:
-            fix(train, "init_checkpoint", f"{name}.train.init_checkpoint")
         options = train.get("model_options") or {}
         if isinstance(options.get("backbone_weights"), str):
             fix(options, "backbone_weights", f"{name}.train.model_options.backbone_weights")
@@ -130,8 +128,6 @@ def _check_train(train: TrainSettings, field: str) -> list[tuple[str, str]]:
         problems.append(
             (f"{field}.model", f"unknown model {train.model!r}; known: {', '.join(sorted(known))}")
         )
-    if train.init_checkpoint is not None and not Path(train.init_checkpoint).is_file():
-        problems.append((f"{field}.init_checkpoint", f"{train.init_checkpoint} does not exist"))
     image_hw, found = _check_source(train.labeled, f"{field}.labeled")
     problems += found
     if train.val is not None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.runfiles import MetricsRow, RunFiles
 from services.localray import LocalRayHead, free_port
 from services.ray_jobs import JobInfo
 from services.settings import Settings
@@ -155,22 +156,27 @@ def write_store(path: Path, image_paths: list[Path], checkpoint: str = "ck.pt") 
 
 
 def write_metrics(folder: Path, epochs: int) -> Path:
-    """A training job's metrics.jsonl with ``epochs`` records (loss falling, mIoU rising)."""
+    """A training job's metrics file with ``epochs`` rows (loss falling, mIoU rising)."""
     folder.mkdir(parents=True, exist_ok=True)
-    lines = [
-        {
-            "epoch": e,
-            "loss": round(2.0 / (e + 1), 4),
-            "lr": 0.01,
-            "crop_size": 64 if e % 2 else 48,
-            "batch_size": 4,
-            "images_per_s": 10.0,
-            "val_miou": round(0.1 * (e + 1), 4),
-        }
+    rows = [
+        MetricsRow(
+            epoch=e,
+            phase="joint",
+            loss=round(2.0 / (e + 1), 4),
+            lr=0.01,
+            crop_size=64 if e % 2 else 48,
+            batch_size=4,
+            n_real=8,
+            n_pseudo=0,
+            images_per_s=10.0,
+            seconds=1.0,
+            cpu_seconds=1.0,
+            val_miou=round(0.1 * (e + 1), 4),
+        )
         for e in range(epochs)
     ]
-    path = folder / "metrics.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    path = RunFiles(folder).metrics
+    path.write_text("".join(row.model_dump_json() + "\n" for row in rows))
     return path
 
 
@@ -212,7 +218,7 @@ def fake_job_outputs(entrypoint: str) -> None:
         return
     train = load_config(config_path, TrainJobConfig)
     folder = Path(train.storage_path) / train.run_name
-    write_checkpoint(folder / "best.pt")
+    write_checkpoint(RunFiles(folder).best)
     write_metrics(folder, train.epochs)
 
 

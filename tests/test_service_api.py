@@ -74,7 +74,7 @@ def test_a_run_moves_through_its_stages_and_each_is_submitted_once(setup, data_r
     teacher_id = f"selftrain-{run_id}-0-teacher"
     assert backend.submits == [teacher_id]
     entrypoint = backend.jobs[teacher_id]["entrypoint"]
-    assert entrypoint.startswith("python jobs/teacher.py --config ")
+    assert entrypoint.startswith("python jobs/train.py --config ")
     assert entrypoint.endswith(f"/{run_id}/configs/00-teacher.yaml")
 
     # A restarted service (a new orchestrator on the same database) does not submit again.

@@ -7,14 +7,9 @@ import pytest
 import zarr
 
 from core.errors import StoreError
+from core.labeling import describe_teacher, open_for_labeling
 from core.labels import declare_label_space
-from core.store import (
-    ImageStatus,
-    LabelStore,
-    describe_teacher,
-    open_for_labeling,
-    store_info,
-)
+from core.store import ImageStatus, LabelStore, store_info
 
 SPACE = declare_label_space("toy", ["road", "car", "sky"])
 TEACHER = {"sha256": "aaa", "model_name": "small", "checkpoint": "teacher.pt"}

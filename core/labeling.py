@@ -9,20 +9,25 @@ the same results.
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from core.centroids import find_centroids
-from core.configs import InferenceSettings
+from core.checkpoint import load_checkpoint
+from core.configs import InferenceSettings, LabelJobConfig
+from core.datasets import open_source
 from core.errors import StoreError
 from core.inference import predict_batch
 from core.labels import IGNORE_INDEX, LabelSpace
-from core.store import LabelStore, path_taken
+from core.store import ImageStatus, LabelStore, path_taken
 
 
 @dataclass(frozen=True)
@@ -175,3 +180,96 @@ def _differences(
         if store.settings.get(key) != settings.get(key):
             differences.append(f"{key} {store.settings.get(key)!r} != {settings.get(key)!r}")
     return differences
+
+
+# Outcomes of one image in a labeling run, as the label job's actors report them.
+DONE, FAILED, SKIPPED = "done", "failed", "skipped"
+Outcome = Literal["done", "failed", "skipped"]
+
+
+@dataclass
+class LabelingRun:
+    """The driver's side of one labeling run: the store, what is left to label, and the counts.
+
+    ``start`` opens (or creates) the store for the teacher and records the run; ``count`` takes
+    each image's outcome as it arrives and publishes progress now and then; ``finish`` records how
+    the run ended and returns its summary.
+
+    Attributes:
+        store: The label store.
+        number: The run's number in the store (0, 1, ...).
+        todo: Indices of the images this run labels.
+        before: Done images, and failures that are not retried, when the run started.
+        counts: Outcomes counted so far.
+    """
+
+    store: LabelStore
+    number: int
+    todo: np.ndarray
+    before: dict[str, int]
+    counts: dict[str, int] = field(default_factory=lambda: {DONE: 0, FAILED: 0, SKIPPED: 0})
+    started: float = field(default_factory=time.perf_counter)
+    first_result_s: float | None = None
+    published: float = 0.0
+
+    @classmethod
+    def start(cls, config: LabelJobConfig) -> LabelingRun:
+        """Open the store for ``config``'s teacher, source and settings, and record a new run."""
+        checkpoint = load_checkpoint(config.teacher_checkpoint)
+        label_space = LabelSpace.from_dict(checkpoint["label_space"])
+        teacher = describe_teacher(config.teacher_checkpoint, checkpoint)
+        paths = sorted(os.path.abspath(p) for p in open_source(config.source).image_paths())
+        store = open_for_labeling(
+            config.store,
+            paths,
+            label_space,
+            teacher,
+            config.inference().identity(),
+            config.overwrite,
+        )
+        status = store.statuses()
+        # Progress counts from what this run starts with: images done, and failures not retried.
+        before = {
+            DONE: int((status == ImageStatus.DONE).sum()),
+            FAILED: 0 if config.retry_failed else int((status == ImageStatus.FAILED).sum()),
+        }
+        todo = store.pending_indices(include_failed=config.retry_failed)
+        number = store.start_run(config.model_dump(mode="json"))
+        return cls(store, number, todo, before)
+
+    def count(self, outcome: Outcome, publish_every_s: float = 1.0) -> None:
+        """Count one image's outcome; publish progress when ``publish_every_s`` has passed."""
+        now = time.perf_counter()
+        if self.first_result_s is None:
+            self.first_result_s = now - self.started
+        self.counts[outcome] += 1
+        if now - self.published >= publish_every_s:
+            self.published = now
+            done = self.before[DONE] + self.counts[DONE] + self.counts[SKIPPED]
+            failed = self.before[FAILED] + self.counts[FAILED]
+            rate = self.counts[DONE] / (now - self.started)
+            self.store.set_progress(self.number, "running", done, failed, self.store.n_images, rate)
+
+    def finish(self, state: Literal["finished", "failed"]) -> dict:
+        """Record how the run ended; returns its summary: store path, run number, images in the
+        store, done and failed overall, labeled, failed and skipped in this run, seconds, seconds
+        until the first result and images per second."""
+        seconds = time.perf_counter() - self.started
+        status = self.store.statuses()
+        n_done = int((status == ImageStatus.DONE).sum())
+        n_failed = int((status == ImageStatus.FAILED).sum())
+        rate = self.counts[DONE] / seconds if seconds > 0 else 0.0
+        self.store.set_progress(self.number, state, n_done, n_failed, self.store.n_images, rate)
+        return {
+            "store": str(self.store.path),
+            "run": self.number,
+            "n_images": self.store.n_images,
+            "n_done": n_done,
+            "n_failed": n_failed,
+            "labeled": self.counts[DONE],
+            "failed": self.counts[FAILED],
+            "skipped": self.counts[SKIPPED],
+            "seconds": round(seconds, 3),
+            "first_result_s": round(self.first_result_s or 0.0, 3),
+            "images_per_s": round(rate, 3),
+        }

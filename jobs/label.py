@@ -15,24 +15,21 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
 import numpy as np
 import ray
 import torch
 from tqdm import tqdm
 
-from core.checkpoint import load_checkpoint, load_model
+from core.checkpoint import load_model
 from core.configs import InferenceSettings, LabelJobConfig
-from core.datasets import open_source
 from core.errors import DataError
 from core.io import read_image
-from core.labeling import describe_teacher, label_batch, open_for_labeling
-from core.labels import LabelSpace
+from core.labeling import DONE, FAILED, SKIPPED, LabelingRun, label_batch
 from core.store import ImageStatus, LabelStore
 from jobs.ray_entry import init_ray, parse_config
 
-# Outcomes of one image, as the actors report them.
-DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 # How often the driver publishes progress into the store.
 PROGRESS_INTERVAL_S = 1.0
 
@@ -115,93 +112,44 @@ def _read_or_error(path: str) -> np.ndarray | DataError:
         return exc
 
 
-def source_image_paths(config: LabelJobConfig) -> list[str]:
-    """The source's images as absolute paths, sorted; the store refers to images by these."""
-    paths = [os.path.abspath(p) for p in open_source(config.source).image_paths()]
-    return sorted(paths)
-
-
 def run(config: LabelJobConfig, progress_bar: bool = True) -> dict:
     """Label every image of the source that the store does not hold as done yet.
 
     Returns:
-        What happened: store path, run number, images in the store, done and failed overall,
-        labeled, failed and skipped in this run, seconds, seconds until the first result (Ray
-        Data and actor start-up) and images per second.
+        The run's summary (core.labeling.LabelingRun.finish).
     """
-    checkpoint = load_checkpoint(config.teacher_checkpoint)
-    label_space = LabelSpace.from_dict(checkpoint["label_space"])
-    teacher = describe_teacher(config.teacher_checkpoint, checkpoint)
-    del checkpoint  # the actors load the weights; the driver needs only the identity
-    settings = config.inference().identity()
-    store = open_for_labeling(
-        config.store,
-        source_image_paths(config),
-        label_space,
-        teacher,
-        settings,
-        config.overwrite,
-    )
-    status = store.statuses()
-    todo = store.pending_indices(include_failed=config.retry_failed)
-    run_number = store.start_run(config.model_dump(mode="json"))
-    # Progress counts from what this run starts with: images done, and failures not retried.
-    before = {
-        DONE: int((status == ImageStatus.DONE).sum()),
-        FAILED: 0 if config.retry_failed else int((status == ImageStatus.FAILED).sum()),
-    }
-    counts = {DONE: 0, FAILED: 0, SKIPPED: 0}
-    first_result_s = 0.0
-    start = time.perf_counter()
-    state = "failed"
+    labeling = LabelingRun.start(config)
+    state: Literal["finished", "failed"] = "failed"
     try:
-        if len(todo):
-            results = _label_dataset(config, store, todo, settings, run_number)
-            counts, first_result_s = _follow(
-                results, store, run_number, len(todo), before, progress_bar
-            )
+        if len(labeling.todo):
+            results = _label_dataset(config, labeling)
+            with tqdm(
+                total=len(labeling.todo), desc="labeling", unit="img", disable=not progress_bar
+            ) as bar:
+                for row in results.iter_rows():
+                    labeling.count(str(row["outcome"]), PROGRESS_INTERVAL_S)
+                    if row["outcome"] == FAILED:
+                        tqdm.write(f"failed: image {row['index']}: {row['reason']}")
+                    bar.update(1)
         state = "finished"
     finally:
-        seconds = time.perf_counter() - start
-        status = store.statuses()
-        n_done = int((status == ImageStatus.DONE).sum())
-        n_failed = int((status == ImageStatus.FAILED).sum())
-        rate = counts[DONE] / seconds if seconds > 0 else 0.0
-        store.set_progress(run_number, state, n_done, n_failed, store.n_images, rate)
-    return {
-        "store": str(store.path),
-        "run": run_number,
-        "n_images": store.n_images,
-        "n_done": n_done,
-        "n_failed": n_failed,
-        "labeled": counts[DONE],
-        "failed": counts[FAILED],
-        "skipped": counts[SKIPPED],
-        "seconds": round(seconds, 3),
-        "first_result_s": round(first_result_s, 3),
-        "images_per_s": round(rate, 3),
-    }
+        summary = labeling.finish(state)
+    return summary
 
 
-def _label_dataset(
-    config: LabelJobConfig,
-    store: LabelStore,
-    todo: np.ndarray,
-    settings: dict,
-    run_number: int,
-) -> ray.data.Dataset:
+def _label_dataset(config: LabelJobConfig, labeling: LabelingRun) -> ray.data.Dataset:
     init_ray(config.ray_address)
     # Our own progress bar and the store's progress replace Ray Data's bars.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    paths = store.image_paths()
-    rows = ray.data.from_items([{"index": int(i), "path": paths[i]} for i in todo])
+    paths = labeling.store.image_paths()
+    rows = ray.data.from_items([{"index": int(i), "path": paths[i]} for i in labeling.todo])
     return rows.map_batches(
         TeacherLabeler,
         fn_constructor_kwargs={
-            "store_path": str(store.path),
+            "store_path": str(labeling.store.path),
             "checkpoint": os.path.abspath(config.teacher_checkpoint),
-            "settings": settings,
-            "run": run_number,
+            "settings": config.inference().identity(),
+            "run": labeling.number,
             "cpus": config.cpus_per_actor,
             "gpus": config.gpus_per_actor,
             "channels_last": config.channels_last,
@@ -212,45 +160,6 @@ def _label_dataset(
         num_cpus=config.cpus_per_actor,
         num_gpus=config.gpus_per_actor,
     )
-
-
-def _follow(
-    results: ray.data.Dataset,
-    store: LabelStore,
-    run_number: int,
-    total: int,
-    before: dict[str, int],
-    progress_bar: bool,
-) -> tuple[dict[str, int], float]:
-    """Count the result rows as they stream in, updating the bar and the store's progress.
-
-    Returns:
-        The counts of each outcome, and the seconds until the first result (actor start-up).
-    """
-    counts = {DONE: 0, FAILED: 0, SKIPPED: 0}
-    start = last_published = time.perf_counter()
-    first_result_s = None
-    with tqdm(total=total, desc="labeling", unit="img", disable=not progress_bar) as bar:
-        for row in results.iter_rows():
-            if first_result_s is None:
-                first_result_s = time.perf_counter() - start
-            outcome = str(row["outcome"])
-            counts[outcome] += 1
-            if outcome == FAILED:
-                tqdm.write(f"failed: image {row['index']}: {row['reason']}")
-            bar.update(1)
-            now = time.perf_counter()
-            if now - last_published >= PROGRESS_INTERVAL_S:
-                last_published = now
-                store.set_progress(
-                    run_number,
-                    "running",
-                    before[DONE] + counts[DONE] + counts[SKIPPED],
-                    before[FAILED] + counts[FAILED],
-                    store.n_images,
-                    counts[DONE] / (now - start),
-                )
-    return counts, first_result_s or 0.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,10 +12,11 @@ from core.configs import DataSource, LabelJobConfig
 from core.errors import StoreError
 from core.inference import predict
 from core.io import read_image, write_image
+from core.labeling import DONE, SKIPPED
 from core.labels import CITYSCAPES_TRAIN_IDS
 from core.models import build_model
 from core.store import ImageStatus, LabelStore
-from jobs.label import DONE, SKIPPED, TeacherLabeler, run
+from jobs.label import TeacherLabeler, run
 
 N_IMAGES = 10
 

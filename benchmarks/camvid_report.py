@@ -47,7 +47,7 @@ def aggregate(models: list[dict]) -> dict:
             "steps": runs[0].get("steps"),
             "train_s_mean": float(np.mean([m["train_s"] for m in runs])),
             "job_wall_s_mean": float(np.mean([m["job_wall_s"] for m in runs])),
-            **{k: runs[0][k] for k in ("centroid_sampling", "real_pseudo_ratio", "crop_schedule")},
+            **{k: runs[0][k] for k in ("centroid_sampling", "pseudo_per_real", "crop_schedule")},
         }
     return out
 
@@ -76,7 +76,7 @@ def markdown_report(summary: dict) -> str:
     by_variant = summary["by_variant"]
     any_run = next(iter(by_variant.values()), None)
     classes = list(any_run["per_class_iou_mean"]) if any_run else list(SHORT_NAMES)
-    header = ["model", "centroid", "real:pseudo", "crops", "pseudo share", "steps", "mIoU", "Δ"]
+    header = ["model", "centroid", "pseudo:real", "crops", "pseudo share", "steps", "mIoU", "Δ"]
     header += ["rare"]
     header += [SHORT_NAMES.get(c, c) for c in classes] + ["train min"]
     lines += table_header(header)
@@ -86,7 +86,7 @@ def markdown_report(summary: dict) -> str:
         row = [
             name,
             "-" if name == "teacher" else ("yes" if v["centroid_sampling"] else "no"),
-            "-" if v["real_pseudo_ratio"] is None else f"{v['real_pseudo_ratio']:g}:1",
+            "-" if v["pseudo_per_real"] is None else f"{v['pseudo_per_real']:.3g}:1",
             v["crop_schedule"],
             f"{100 * (v['pseudo_share'] or 0):.0f}%",
             str(v["steps"]),

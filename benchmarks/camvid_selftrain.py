@@ -337,7 +337,7 @@ def describe_config(config: TrainJobConfig) -> dict:
         crop_schedule = f"{schedule.kind} [{crops}], warm-up {schedule.warmup_epochs}"
     return {
         "centroid_sampling": bool(config.pseudo) and config.centroid_sampling,
-        "real_pseudo_ratio": config.real_pseudo_ratio if config.pseudo else None,
+        "pseudo_per_real": config.pseudo_per_real if config.pseudo else None,
         "crop_schedule": crop_schedule,
         "epochs": config.epochs,
         "samples_per_epoch": config.samples_per_epoch,

@@ -146,11 +146,13 @@ class TrainSettings(StrictModel):
     """Teacher or student training: what a user chooses (REST ``teacher.train``, ``student.train``).
 
     Attributes (the less obvious ones):
-        real_pseudo_ratio: Real samples per pseudo sample in a ``joint`` epoch.
+        pseudo_per_real: Pseudo samples per real sample in a ``joint`` epoch (the paper's
+            "pseudo:real" ratio: 7.0 is its best, 7:1); 0 trains on real samples only.
         confidence_threshold: Pseudo-label pixels whose teacher confidence is below this are
             ignored when the student reads them.
-        samples_per_epoch: Samples per epoch; default: each labeled image about once (see
-            core.training.plan_epochs).
+        samples_per_epoch: Samples per epoch, real and pseudo together (a fixed budget, split at
+            ``pseudo_per_real``); default: each labeled image once as a real sample, plus
+            ``pseudo_per_real`` times as many pseudo samples (see core.training.plan_epochs).
         lr: Initial learning rate; default 0.02, or 0.002 in mode ``finetune`` (the paper's).
     """
 
@@ -159,7 +161,7 @@ class TrainSettings(StrictModel):
     labeled: DataSource
     val: DataSource | None = None
     val_every: int = Field(default=1, gt=0)
-    real_pseudo_ratio: float = Field(default=7.0, gt=0)
+    pseudo_per_real: float = Field(default=7.0, ge=0)
     centroid_sampling: bool = True
     confidence_threshold: float = Field(default=0.0, ge=0, le=1)
     samples_per_epoch: int | None = Field(default=None, gt=0)
@@ -181,6 +183,23 @@ class TrainSettings(StrictModel):
     precision: Precision = "fp32"
     max_failures: int = Field(default=2, ge=0)
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: object) -> object:
+        if isinstance(data, dict) and "real_pseudo_ratio" in data:
+            old = data["real_pseudo_ratio"]
+            try:
+                here = f", here {1 / float(old):.4g}"
+            except (TypeError, ValueError, ZeroDivisionError):
+                here = ""
+            raise ValueError(
+                "real_pseudo_ratio is no longer read: it counted real samples per pseudo sample. "
+                "Use pseudo_per_real, pseudo samples per real sample as the paper counts them: "
+                f"pseudo_per_real = 1 / real_pseudo_ratio{here}; the paper's 7:1 is "
+                "pseudo_per_real: 7"
+            )
+        return data
 
     def effective_lr(self) -> float:
         """lr if given, else the paper's defaults: 0.002 when finetuning, 0.02 from scratch."""

@@ -45,16 +45,18 @@ class Sample(NamedTuple):
         return self.store == REAL
 
 
-def split_counts(total: int, real_pseudo_ratio: float) -> tuple[int, int]:
-    """``(n_real, n_pseudo)`` for an epoch of ``total`` samples at ``real:pseudo = ratio:1``.
+def split_counts(total: int, pseudo_per_real: float) -> tuple[int, int]:
+    """``(n_real, n_pseudo)`` for an epoch of ``total`` samples with ``pseudo_per_real`` pseudo
+    samples per real sample (the paper's "pseudo:real" ratio).
 
-    E.g. 80 samples at ratio 3 (three real samples per pseudo sample) -> (60, 20).
+    E.g. 80 samples at 3 (three pseudo samples per real sample, "3:1") -> (20, 60); at 0 every
+    sample is real.
     """
     if total < 0:
         raise ConfigError(f"samples per epoch must be >= 0, got {total}")
-    if real_pseudo_ratio <= 0:
-        raise ConfigError(f"real_pseudo_ratio must be positive, got {real_pseudo_ratio}")
-    n_real = round(total * real_pseudo_ratio / (real_pseudo_ratio + 1))
+    if pseudo_per_real < 0:
+        raise ConfigError(f"pseudo_per_real must be >= 0, got {pseudo_per_real}")
+    n_real = round(total / (pseudo_per_real + 1))
     return n_real, total - n_real
 
 

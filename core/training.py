@@ -3,7 +3,8 @@ a torch Dataset that crops and augments them, one epoch of SGD, and validation.
 
 Modes (``TrainJobConfig.mode``):
 
-- ``joint`` (default): every epoch mixes real and pseudo samples at ``real_pseudo_ratio``.
+- ``joint`` (default): every epoch mixes real and pseudo samples, ``pseudo_per_real`` pseudo
+  samples per real one (see ``plan_epochs``).
 - ``pretrain_finetune``: the first ``pretrain_epochs`` epochs on pseudo labels only, the rest on
   real labels only.
 - ``finetune``: as ``joint``, starting from ``init_checkpoint`` with lr 0.002 by default; when the
@@ -78,11 +79,14 @@ class EpochPlan:
 def plan_epochs(config: TrainJobConfig, n_labeled: int, n_pseudo_images: int) -> list[EpochPlan]:
     """The plan of every epoch of a run.
 
-    Sample counts: ``samples_per_epoch`` when set. Otherwise an epoch shows each labeled image about
-    once: ``n_labeled`` real samples plus, with label stores, ``n_labeled / real_pseudo_ratio``
-    pseudo samples. In mode ``pretrain_finetune`` the first ``pretrain_epochs`` epochs train on
-    pseudo labels only (``samples_per_epoch`` or ``n_pseudo_images`` samples), the rest on real
-    labels only.
+    A ``joint`` epoch is composed as in the paper: its real samples plus ``pseudo_per_real`` times
+    as many pseudo samples. By default the real samples show each labeled image about once
+    (``n_labeled``), so the epoch grows with the ratio (paper: 1.5K real + 10.5K pseudo at 7:1).
+    With ``samples_per_epoch`` the epoch's total is fixed instead and split at the ratio, for
+    comparisons at an equal budget (paper Table 2b). ``pseudo_per_real`` 0, or no label stores,
+    trains on real samples only. In mode ``pretrain_finetune`` the first ``pretrain_epochs`` epochs
+    train on pseudo labels only (``samples_per_epoch`` or ``n_pseudo_images`` samples), the rest on
+    real labels only.
 
     Args:
         config: The run's config.
@@ -94,7 +98,6 @@ def plan_epochs(config: TrainJobConfig, n_labeled: int, n_pseudo_images: int) ->
             pretrain_epochs).
     """
     schedule = from_config(config.schedule, config.epochs)
-    ratio = config.real_pseudo_ratio
     if config.mode == "pretrain_finetune" and not 0 < config.pretrain_epochs < config.epochs:
         raise ConfigError(
             f"pretrain_epochs must be in [1, epochs - 1] = [1, {config.epochs - 1}] in mode "
@@ -103,16 +106,8 @@ def plan_epochs(config: TrainJobConfig, n_labeled: int, n_pseudo_images: int) ->
     plans = []
     for epoch in range(config.epochs):
         crop, batch = schedule.at(epoch)
-        phase = "joint"
-        if config.mode == "pretrain_finetune":
-            phase = "pretrain" if epoch < config.pretrain_epochs else "finetune"
-        if phase == "pretrain":
-            n_real, n_pseudo = 0, config.samples_per_epoch or n_pseudo_images
-        elif phase == "finetune" or not config.pseudo:
-            n_real, n_pseudo = config.samples_per_epoch or n_labeled, 0
-        else:
-            total = config.samples_per_epoch or round(n_labeled * (ratio + 1) / ratio)
-            n_real, n_pseudo = split_counts(total, ratio)
+        phase = epoch_phase(config, epoch)
+        n_real, n_pseudo = _sample_counts(config, phase, n_labeled, n_pseudo_images)
         if n_real and not n_labeled:
             raise ConfigError(
                 f"epoch {epoch} needs {n_real} real samples; the labeled set is empty"
@@ -123,6 +118,27 @@ def plan_epochs(config: TrainJobConfig, n_labeled: int, n_pseudo_images: int) ->
             raise ConfigError(f"epoch {epoch} has no samples")
         plans.append(EpochPlan(epoch, crop, batch, n_real, n_pseudo, phase))
     return plans
+
+
+def epoch_phase(config: TrainJobConfig, epoch: int) -> str:
+    """``joint``, or ``pretrain`` / ``finetune`` in mode ``pretrain_finetune``."""
+    if config.mode != "pretrain_finetune":
+        return "joint"
+    return "pretrain" if epoch < config.pretrain_epochs else "finetune"
+
+
+def _sample_counts(
+    config: TrainJobConfig, phase: str, n_labeled: int, n_pseudo_images: int
+) -> tuple[int, int]:
+    """``(n_real, n_pseudo)`` of an epoch in ``phase`` (see ``plan_epochs``)."""
+    ratio = config.pseudo_per_real
+    if phase == "pretrain":
+        return 0, config.samples_per_epoch or n_pseudo_images
+    if phase == "finetune" or not config.pseudo or ratio == 0:
+        return config.samples_per_epoch or n_labeled, 0
+    if config.samples_per_epoch:
+        return split_counts(config.samples_per_epoch, ratio)
+    return n_labeled, round(n_labeled * ratio)
 
 
 class PseudoLabels:

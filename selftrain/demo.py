@@ -169,7 +169,7 @@ def _run_spec(seed: int, quick: bool = False) -> RunSpec:
         **common,
         epochs=3 if quick else 10,
         samples_per_epoch=48 if quick else 1920,
-        real_pseudo_ratio=3.0,
+        pseudo_per_real=1 / 3,
         centroid_sampling=True,
         confidence_threshold=0.0,
     )
@@ -473,8 +473,9 @@ def _stage_title(stage: PlannedStage, scenes: DemoScenes) -> str:
         return f"training the teacher ({job.model}) on {scenes.n_labeled} labeled scenes, {crops}"
     start = "from the teacher" if job.init_checkpoint else "from scratch"
     return (
-        f"training the student {start} on real and pseudo labels ({job.real_pseudo_ratio:g}:1, "
-        f"centroid sampling, {job.schedule.kind} crops {job.schedule.crop_sizes}), {crops}"
+        f"training the student {start} on real and pseudo labels ({job.pseudo_per_real:.2g} "
+        f"pseudo per real sample, centroid sampling, {job.schedule.kind} crops "
+        f"{job.schedule.crop_sizes}), {crops}"
     )
 
 

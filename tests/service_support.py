@@ -258,7 +258,7 @@ def live_run_spec(data: Path, name: str, teacher: dict | None = None, epochs: in
         "name": name,
         "teacher": teacher or {"train": train},
         "label": {"sources": [unlabeled], "options": {"batch_size": 4}},
-        "student": {"train": {**train, "real_pseudo_ratio": 1.0}},
+        "student": {"train": {**train, "pseudo_per_real": 1.0}},
     }
 
 

@@ -106,7 +106,7 @@ TRAIN_KNOBS = {
     "seed": 7,
     "epochs": 2,
     "samples_per_epoch": 5,
-    "real_pseudo_ratio": 1.0,
+    "pseudo_per_real": 1.0,
     "centroid_sampling": False,
     "confidence_threshold": 0.7,
 }

@@ -115,6 +115,6 @@ def test_cluster_launcher_names_head_and_gpu_workers():
 def test_deploy_configs_validate():
     assert load_config(DEPLOY / "configs" / "teacher.yaml", TrainJobConfig).role == "teacher"
     student = load_config(DEPLOY / "configs" / "student.yaml", TrainJobConfig)
-    assert student.real_pseudo_ratio == 7.0 and student.schedule.kind == "coarse2fine+"
+    assert student.pseudo_per_real == 7.0 and student.schedule.kind == "coarse2fine+"
     label = load_config(DEPLOY / "configs" / "label.yaml", LabelJobConfig)
     assert label.teacher_checkpoint == "/data/runs/cityscapes-teacher/best.pt"

@@ -12,12 +12,14 @@ def _centroids(rows: list[tuple[int, int, float, float]]) -> np.ndarray:
     return np.array([(i, c, y, x, 10.0) for i, c, y, x in rows], dtype=np.float64).reshape(-1, 5)
 
 
-def test_split_counts_follows_the_real_to_pseudo_ratio():
-    assert split_counts(80, 3.0) == (60, 20)
+def test_split_counts_puts_pseudo_per_real_pseudo_samples_beside_each_real_one():
+    assert split_counts(80, 3.0) == (20, 60)
     assert split_counts(10, 1.0) == (5, 5)
-    assert split_counts(8, 7.0) == (7, 1)
+    assert split_counts(8, 7.0) == (1, 7)  # the paper's 7:1
+    assert split_counts(12_000, 7.0) == (1_500, 10_500)  # its 1.5K real and 10.5K pseudo
+    assert split_counts(10, 0.0) == (10, 0)
     with pytest.raises(ConfigError):
-        split_counts(10, 0.0)
+        split_counts(10, -1.0)
 
 
 def test_real_images_are_drawn_evenly_without_pseudo_labels():
@@ -42,7 +44,7 @@ def test_the_list_is_fixed_by_seed_and_epoch():
 def test_the_real_share_equals_the_counts_asked_for():
     centroids = [_centroids([(0, 1, 5, 5), (1, 2, 6, 6)])]
     sampler = EpochSampler(12, pseudo_images=[[0, 1]], centroids=centroids, seed=0)
-    n_real, n_pseudo = split_counts(80, 3.0)
+    n_real, n_pseudo = split_counts(80, 1 / 3)
     samples = sampler.samples(0, n_real, n_pseudo)
     assert sum(s.is_real for s in samples) == 60
     assert sum(not s.is_real for s in samples) == 20

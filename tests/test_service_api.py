@@ -182,7 +182,7 @@ def test_bad_specs_get_422_naming_the_field(setup, data_root):
         b["teacher"]["train"]["model"] = "resnet9000"
 
     def ratio(b):
-        b["student"]["train"]["real_pseudo_ratio"] = 0
+        b["student"]["train"]["pseudo_per_real"] = -1
 
     def missing(b):
         b["teacher"]["train"]["labeled"]["root"] = str(data / "nothing-here")
@@ -197,7 +197,9 @@ def test_bad_specs_get_422_naming_the_field(setup, data_root):
         b["teacher"]["train"]["labeled"]["root"] = str(data / "labeled" / ".." / "labeled")
 
     assert "teacher.train.model: unknown model 'resnet9000'" in post(model)
-    assert "student.train.real_pseudo_ratio: Input should be greater than 0" in post(ratio)
+    assert "student.train.pseudo_per_real: Input should be greater than or equal to 0" in post(
+        ratio
+    )
     assert "teacher.train.labeled.root: " in post(missing)
     assert "does not exist" in post(missing)
     assert "student.train.schedule.crop_sizes: crop 100 is larger than the images (64x128)" in (

@@ -101,7 +101,7 @@ def test_given_artifacts_replace_stages_and_finetune_and_loops_chain_models():
         ({"teacher": {}}, "teacher"),
         ({"teacher": {"train": TRAIN, "checkpoint": "/x.pt"}}, "teacher"),
         ({"label": {}}, "label"),
-        ({"student": {"train": {**TRAIN, "real_pseudo_ratio": 0}}}, "real_pseudo_ratio"),
+        ({"student": {"train": {**TRAIN, "pseudo_per_real": -1}}}, "pseudo_per_real"),
         ({"student": {"train": {**TRAIN, "run_name": "x"}}}, "run_name"),
         ({"student": {"train": {**TRAIN, "pseudo": []}}}, "pseudo"),
         ({"label": {"sources": [LABELED], "options": {"store": "/s"}}}, "store"),

@@ -115,7 +115,7 @@ def test_two_workers_share_each_epoch_list_at_the_scheduled_crop(
         scenes,
         epochs=3,
         pseudo=[str(pseudo_store)],
-        real_pseudo_ratio=1.0,
+        pseudo_per_real=1.0,
         samples_per_epoch=24,
     )
     log = tmp_path / "events.jsonl"

@@ -109,7 +109,7 @@ def test_submitted_student_job_leaves_a_checkpoint_that_loads_and_evaluates(ray_
         val=DataSource(format="cityscapes", root=str(tmp_path / "source"), split="val"),
         pseudo=[str(tmp_path / "store")],
         confidence_threshold=0.5,
-        real_pseudo_ratio=1.0,
+        pseudo_per_real=1.0,
         samples_per_epoch=8,
         schedule=ScheduleConfig(kind="coarse2fine+", crop_sizes=[32, 64], base_batch_size=4),
         epochs=2,

@@ -3,6 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from core.centroids import find_centroids
 from core.checkpoint import save_checkpoint
@@ -79,15 +80,52 @@ def _config(tmp_path: Path, **fields) -> TrainJobConfig:
 
 
 def test_plan_follows_the_crop_schedule_and_the_ratio(tmp_path):
-    config = _config(tmp_path, epochs=5, pseudo=["s"], real_pseudo_ratio=3.0)
+    config = _config(tmp_path, epochs=5, pseudo=["s"], pseudo_per_real=1.0)
     plans = plan_epochs(config, n_labeled=12, n_pseudo_images=40)
     # Warm-up at the largest crop, then small -> large every epoch.
     assert [p.crop_size for p in plans] == [64, 32, 48, 64, 32]
     # Batch grows with the crop area: 2 * (64/32)^2 = 8, 2 * (64/48)^2 = 3.6 -> 4.
     assert [p.batch_size for p in plans] == [2, 8, 4, 2, 8]
-    # Each real image about once an epoch: 12 real + 12 / 3 pseudo.
-    assert {(p.n_real, p.n_pseudo) for p in plans} == {(12, 4)}
-    assert plans[1].steps(world_size=2) == 1  # 8 samples per rank, batch 8
+    # 1:1: each real image once an epoch, and as many pseudo samples.
+    assert {(p.n_real, p.n_pseudo) for p in plans} == {(12, 12)}
+    assert plans[1].steps(world_size=2) == 2  # 12 samples per rank, batch 8
+
+
+@pytest.mark.parametrize(
+    ("pseudo_per_real", "counts"), [(1.0, (12, 12)), (7.0, (12, 84)), (0.0, (12, 0))]
+)
+def test_an_epoch_is_its_real_samples_plus_pseudo_per_real_times_as_many(
+    tmp_path, pseudo_per_real, counts
+):
+    config = _config(tmp_path, epochs=2, pseudo=["s"], pseudo_per_real=pseudo_per_real)
+    plans = plan_epochs(config, n_labeled=12, n_pseudo_images=40)
+    assert [(p.n_real, p.n_pseudo) for p in plans] == [counts, counts]
+
+
+@pytest.mark.parametrize(("pseudo_per_real", "counts"), [(1.0, (48, 48)), (7.0, (12, 84))])
+def test_samples_per_epoch_holds_the_total_and_splits_it_at_the_ratio(
+    tmp_path, pseudo_per_real, counts
+):
+    config = _config(
+        tmp_path, epochs=1, pseudo=["s"], pseudo_per_real=pseudo_per_real, samples_per_epoch=96
+    )
+    plans = plan_epochs(config, n_labeled=12, n_pseudo_images=40)
+    assert [(p.n_real, p.n_pseudo) for p in plans] == [counts]
+
+
+def test_the_old_inverted_ratio_is_refused_naming_its_replacement(tmp_path):
+    with pytest.raises(ValidationError) as caught:
+        TrainJobConfig.model_validate(
+            {
+                "run_name": "t",
+                "storage_path": "runs",
+                "labeled": {"format": "folder", "root": "x"},
+                "real_pseudo_ratio": 4.0,
+            }
+        )
+    message = str(caught.value)
+    assert "pseudo_per_real = 1 / real_pseudo_ratio, here 0.25" in message
+    assert "the paper's 7:1 is pseudo_per_real: 7" in message
 
 
 def test_plan_of_pretrain_then_finetune(tmp_path):

@@ -153,7 +153,10 @@ class TrainSettings(StrictModel):
         samples_per_epoch: Samples per epoch, real and pseudo together (a fixed budget, split at
             ``pseudo_per_real``); default: each labeled image once as a real sample, plus
             ``pseudo_per_real`` times as many pseudo samples (see core.training.plan_epochs).
-        lr: Initial learning rate; default 0.02, or 0.002 in mode ``finetune`` (the paper's).
+        lr: Initial learning rate; default 0.02, or ``finetune_lr`` in mode ``finetune``.
+        finetune_lr: The lr a finetune starts from (the paper's 0.002): mode ``finetune``'s
+            default, and where mode ``pretrain_finetune`` restarts its poly decay when it
+            switches from pseudo to real labels.
     """
 
     model: str = "small"
@@ -171,6 +174,7 @@ class TrainSettings(StrictModel):
     mode: TrainMode = "joint"
     pretrain_epochs: int = Field(default=0, ge=0)
     lr: float | None = Field(default=None, gt=0)
+    finetune_lr: float = Field(default=0.002, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=1e-4, ge=0)
     ohem: bool = True
@@ -202,10 +206,10 @@ class TrainSettings(StrictModel):
         return data
 
     def effective_lr(self) -> float:
-        """lr if given, else the paper's defaults: 0.002 when finetuning, 0.02 from scratch."""
+        """lr if given, else the paper's defaults: ``finetune_lr`` when finetuning, else 0.02."""
         if self.lr is not None:
             return self.lr
-        return 0.002 if self.mode == "finetune" else 0.02
+        return self.finetune_lr if self.mode == "finetune" else 0.02
 
 
 class TrainJobConfig(TrainSettings):

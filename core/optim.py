@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import PolynomialLR
+from torch.optim.lr_scheduler import LambdaLR
 
 
 def build_optimizer(
@@ -29,13 +31,37 @@ def build_optimizer(
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
-def poly_lr(optimizer: torch.optim.Optimizer, total_iters: int, power: float = 0.9) -> PolynomialLR:
-    """Multiply each group's base lr by ``(1 - it / total_iters) ** power``: torch's PolynomialLR.
+def poly_lr(
+    optimizer: torch.optim.Optimizer,
+    total_iters: int,
+    power: float = 0.9,
+    restarts: Sequence[tuple[int, float]] = (),
+) -> LambdaLR:
+    """The "poly" decay: each group's base lr times ``(1 - it / total_iters) ** power``.
 
-    Call ``.step()`` once per iteration. The lr stays 0 past ``total_iters`` (a resumed run that
-    trains a little longer must not get a growing lr). The schedule updates the optimizer's lr in
-    place, step by step, so resuming needs the optimizer's state as well as the schedule's.
+    With ``restarts``, a list of ``(iteration, factor)``, the decay starts over at each
+    ``iteration`` from ``factor`` times the base lr and reaches 0 at the next restart or at
+    ``total_iters`` (pretrain on pseudo labels at 0.02, then finetune from 0.002: one restart at
+    factor 0.1). Call ``.step()`` once per iteration; the lr stays 0 past ``total_iters``.
+
+    A LambdaLR rather than torch's PolynomialLR, which cannot restart at another lr: the factor
+    is a closed form of the iteration, so the schedule's own state is all a resumed run needs.
     """
     if total_iters <= 0:
         raise ValueError(f"total_iters must be positive, got {total_iters}")
-    return PolynomialLR(optimizer, total_iters=total_iters, power=power)
+    starts = [0, *[it for it, _ in restarts]]
+    if starts != sorted(set(starts)) or starts[-1] >= total_iters:
+        raise ValueError(
+            f"restarts must be increasing iterations in (0, {total_iters}), got {list(restarts)}"
+        )
+    ends = [*starts[1:], total_iters]
+    scales = [1.0, *[f for _, f in restarts]]
+    segments = list(zip(starts, ends, scales, strict=True))
+
+    def factor(it: int) -> float:
+        for begin, end, scale in reversed(segments):
+            if it >= begin:
+                return scale * max(0.0, 1.0 - (it - begin) / (end - begin)) ** power
+        return 1.0
+
+    return LambdaLR(optimizer, factor)

@@ -57,11 +57,10 @@ def test_poly_lr_state_dict_resumes_at_the_same_iteration():
     for _ in range(30):
         opt.step()
         sched.step()
+    state = sched.state_dict()
     opt2 = build_optimizer(_model(), lr=0.002)
     sched2 = poly_lr(opt2, total_iters=100)
-    # A resumed run restores both, as jobs/train.py does from its checkpoint.
-    opt2.load_state_dict(opt.state_dict())
-    sched2.load_state_dict(sched.state_dict())
+    sched2.load_state_dict(state)
     opt2.step()
     sched2.step()
     assert opt2.param_groups[0]["lr"] == pytest.approx(0.002 * (1 - 31 / 100) ** 0.9)
@@ -70,3 +69,29 @@ def test_poly_lr_state_dict_resumes_at_the_same_iteration():
 def test_poly_lr_rejects_zero_iterations():
     with pytest.raises(ValueError, match="total_iters"):
         poly_lr(build_optimizer(_model(), lr=0.1), total_iters=0)
+
+
+def test_poly_lr_restarts_at_the_finetune_lr_and_decays_again():
+    # Pretrain 10 iterations from 0.02, then finetune 5 from 0.002 (factor 0.1), as the paper's
+    # pretrain-on-pseudo-then-finetune does.
+    opt = build_optimizer(_model(), lr=0.02)
+    sched = poly_lr(opt, total_iters=15, power=0.9, restarts=[(10, 0.1)])
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(16):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[5] == pytest.approx(0.02 * 0.5**0.9)
+    assert lrs[9] == pytest.approx(0.02 * 0.1**0.9)
+    assert lrs[10] == pytest.approx(0.002)  # the restart
+    assert lrs[11] == pytest.approx(0.002 * 0.8**0.9)
+    assert lrs[14] == pytest.approx(0.002 * 0.2**0.9)
+    assert lrs[15:] == [0.0, 0.0]
+
+
+def test_poly_lr_refuses_restarts_out_of_order():
+    opt = build_optimizer(_model(), lr=0.1)
+    with pytest.raises(ValueError, match="restarts"):
+        poly_lr(opt, total_iters=10, restarts=[(5, 0.1), (3, 0.1)])
+    with pytest.raises(ValueError, match="restarts"):
+        poly_lr(opt, total_iters=10, restarts=[(10, 0.1)])

@@ -27,6 +27,7 @@ from core.training import (
     train_one_epoch,
     validate,
 )
+from core.training_run import TrainingRun
 
 SPACE = declare_label_space("blocks", ["ground", "wall", "dot"])
 # No scaling, flipping, blurring or color change: crops are plain windows of the image.
@@ -68,15 +69,15 @@ def _store(path: Path, image_root: Path, n: int) -> LabelStore:
 
 
 def _config(tmp_path: Path, **fields) -> TrainJobConfig:
-    return TrainJobConfig(
-        run_name="t",
-        storage_path=str(tmp_path / "runs"),
-        labeled=_source(tmp_path / "real"),
-        schedule=ScheduleConfig(
+    values = {
+        "run_name": "t",
+        "storage_path": str(tmp_path / "runs"),
+        "labeled": _source(tmp_path / "real"),
+        "schedule": ScheduleConfig(
             kind="coarse2fine+", crop_sizes=[32, 48, 64], warmup_epochs=1, base_batch_size=2
         ),
-        **fields,
-    )
+    }
+    return TrainJobConfig(**{**values, **fields})
 
 
 def test_plan_follows_the_crop_schedule_and_the_ratio(tmp_path):
@@ -253,3 +254,30 @@ def test_initial_weights_keep_the_body_and_reset_a_head_for_new_classes(tmp_path
 
     with pytest.raises(CheckpointError, match="'small' model"):
         load_initial_weights(build_model("fast_scnn", 3), "fast_scnn", path, SPACE)
+
+
+def test_pretrain_then_finetune_restarts_the_lr_at_the_finetune_lr(tmp_path):
+    _paired(tmp_path / "real", 4)
+    _store(tmp_path / "store", tmp_path / "real", 4)
+    config = _config(
+        tmp_path,
+        epochs=3,
+        mode="pretrain_finetune",
+        pretrain_epochs=1,
+        samples_per_epoch=4,
+        pseudo=[str(tmp_path / "store")],
+        schedule=ScheduleConfig(kind="constant", crop_sizes=[32], base_batch_size=2),
+        augment=PLAIN,
+        model="small",
+        lr=0.02,
+        finetune_lr=0.002,
+        ohem=False,
+    )
+    run = TrainingRun.start(config, torch.device("cpu"))
+    trained = run.trained_module()
+    rows = [run.train_epoch(trained, epoch).row for epoch in run.remaining_epochs()]
+    # 2 steps an epoch; the lr after an epoch is the one for the next step.
+    assert [row.phase for row in rows] == ["pretrain", "finetune", "finetune"]
+    assert rows[0].lr == pytest.approx(0.002)  # restarted for the first finetune step
+    assert rows[1].lr == pytest.approx(0.002 * 0.5**0.9)
+    assert rows[2].lr == 0.0

@@ -142,14 +142,45 @@ class AugmentConfig(StrictModel):
     color_jitter: float = Field(default=0.1, ge=0, le=1)
 
 
+class StrongAugmentConfig(StrictModel):
+    """Extra augmentation for pseudo samples only, after the standard pipeline (the ST++ finding:
+    a student that sees its teacher's labels on harder views than the teacher did learns more
+    than to copy them). Each is applied with its probability; cutout's region becomes ignore.
+
+    Attributes:
+        color_jitter: Strength of a strong brightness / contrast / saturation jitter (p 0.8).
+        grayscale: Probability of turning the crop gray.
+        blur: Probability of a Gaussian blur (sigma 0.1 to 2).
+        cutout: Probability of cutting out one rectangle (image 0, label ignore).
+        cutout_max: Largest side of the rectangle, as a fraction of the crop's side.
+    """
+
+    color_jitter: float = Field(default=0.4, ge=0, le=1)
+    grayscale: float = Field(default=0.2, ge=0, le=1)
+    blur: float = Field(default=0.5, ge=0, le=1)
+    cutout: float = Field(default=0.5, ge=0, le=1)
+    cutout_max: float = Field(default=0.5, gt=0, le=1)
+
+
 class TrainSettings(StrictModel):
     """Teacher or student training: what a user chooses (REST ``teacher.train``, ``student.train``).
 
     Attributes (the less obvious ones):
         pseudo_per_real: Pseudo samples per real sample in a ``joint`` epoch (the paper's
             "pseudo:real" ratio: 7.0 is its best, 7:1); 0 trains on real samples only.
+        real_centroid_sampling: Draw real samples like pseudo ones: a class uniformly, then a
+            region of it, then a crop around it, so a class the teacher misses still reaches the
+            student from real crops as often as any other (the labeled set's centroids are found
+            once, at start).
         confidence_threshold: Pseudo-label pixels whose teacher confidence is below this are
             ignored when the student reads them.
+        pseudo_keep_fraction: Per-class thresholds instead of one (CBST): of each class's
+            pseudo pixels, keep the most confident fraction; estimated at start from the
+            confidences of a fixed sample of each store's images.
+        ignore_underpredicted: Ignore the pseudo pixels of classes whose share of pseudo pixels is
+            below this fraction of their share of real pixels (classes the teacher
+            under-predicts), so pseudo crops do not teach the student to drop them.
+        pseudo_augment: Strong augmentation applied to pseudo samples only.
         samples_per_epoch: Samples per epoch, real and pseudo together (a fixed budget, split at
             ``pseudo_per_real``); default: each labeled image once as a real sample, plus
             ``pseudo_per_real`` times as many pseudo samples (see core.training.plan_epochs).
@@ -166,7 +197,11 @@ class TrainSettings(StrictModel):
     val_every: int = Field(default=1, gt=0)
     pseudo_per_real: float = Field(default=7.0, ge=0)
     centroid_sampling: bool = True
+    real_centroid_sampling: bool = False
     confidence_threshold: float = Field(default=0.0, ge=0, le=1)
+    pseudo_keep_fraction: float | None = Field(default=None, gt=0, le=1)
+    ignore_underpredicted: float | None = Field(default=None, gt=0, le=1)
+    pseudo_augment: StrongAugmentConfig | None = None
     samples_per_epoch: int | None = Field(default=None, gt=0)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)

@@ -28,7 +28,7 @@ from core.configs import (
 )
 from core.runfiles import RunFiles, resolve_checkpoint
 
-StageKind = Literal["teacher", "label", "student", "finetune"]
+StageKind = Literal["teacher", "label", "student", "control", "finetune"]
 JobScript = Literal["train", "label"]
 
 
@@ -81,6 +81,9 @@ class RunSpec(StrictModel):
         student: Trained on the labeled data of its settings plus the pseudo labels.
         finetune: Optional: the student finetuned on a few labels (``mode`` is set to ``finetune``).
         loops: Further rounds: the last model labels the sources again and a new student is trained.
+        control: Also train a labeled-only control beside the (first) student: the student's
+            settings and start, no pseudo labels, the same number of samples per epoch; the
+            student's gain over it is what the pseudo labels gave.
     """
 
     name: str = Field(min_length=1, max_length=100)
@@ -90,6 +93,7 @@ class RunSpec(StrictModel):
     student: TrainStage
     finetune: TrainStage | None = None
     loops: int = Field(default=0, ge=0, le=10)
+    control: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> RunSpec:
@@ -101,6 +105,13 @@ class RunSpec(StrictModel):
             raise ValueError("loops: further rounds train a student; give student.train")
         if self.loops and self.finetune is not None and self.finetune.train is None:
             raise ValueError("loops: further rounds finetune each student; give finetune.train")
+        if self.control and (
+            self.student.train is None or not self.student.train.samples_per_epoch
+        ):
+            raise ValueError(
+                "control: the control trains at the student's budget; give "
+                "student.train.samples_per_epoch"
+            )
         return self
 
 
@@ -152,6 +163,8 @@ def plan_stages(spec: RunSpec, output: Path) -> list[PlannedStage]:
                 plan.label(f"{prefix}label-{i}", f"label.sources.{i}", spec.label, source, model)
             )
         init = model if spec.student.init_from_teacher else None
+        if spec.control and not loop:
+            plan.train("control", "control", spec.student, init=init)
         model = plan.train(f"{prefix}student", "student", spec.student, pseudo=stores, init=init)
         if spec.finetune is not None:
             model = plan.train(f"{prefix}finetune", "finetune", spec.finetune, init=model)
@@ -204,9 +217,12 @@ class _Planner:
             values["init_checkpoint"] = init
         if kind == "finetune":
             values["mode"] = "finetune"
-        config = _validated(TrainJobConfig, f"{kind}.train", values)
+        if kind == "control":
+            values["pseudo_per_real"] = 0.0
+        spec_field = "student" if kind == "control" else kind
+        config = _validated(TrainJobConfig, f"{spec_field}.train", values)
         checkpoint = str(RunFiles(self.output / name).best)
-        self._add(name, kind, kind, "train", config, {"checkpoint": checkpoint})
+        self._add(name, kind, spec_field, "train", config, {"checkpoint": checkpoint})
         return checkpoint
 
 

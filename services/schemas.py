@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from core.plan import StageKind
 from core.runfiles import MetricsRow
 from services.db import Run, Stage
 
@@ -28,7 +29,7 @@ class StageOut(BaseModel):
 
     index: int
     name: str
-    kind: Literal["teacher", "label", "student", "finetune"]
+    kind: StageKind
     given: bool
     status: Status
     submission_id: str | None

@@ -145,3 +145,26 @@ def test_resolve_path_keeps_paths_inside_the_roots(tmp_path):
             resolve_path(bad, [root], "teacher.train.labeled.root")
         (field, message) = caught.value.problems[0]
         assert field == "teacher.train.labeled.root" and problem in message, (bad, message)
+
+
+def test_a_control_trains_the_student_settings_without_pseudo_labels_at_the_same_budget():
+    student = {"train": {**TRAIN, "samples_per_epoch": 64}, "init_from_teacher": True}
+    stages = plan_stages(_spec(student=student, control=True, loops=1), OUT)
+    by_name = {s.name: s for s in stages}
+    assert [s.name for s in stages] == [
+        "teacher",
+        "label-0",
+        "control",
+        "student",
+        "loop1-label-0",
+        "loop1-student",
+    ]
+    control, trained = by_name["control"].config, by_name["student"].config
+    assert control["pseudo"] == [] and control["pseudo_per_real"] == 0.0
+    assert control["samples_per_epoch"] == trained["samples_per_epoch"] == 64
+    assert control["init_checkpoint"] == trained["init_checkpoint"] == "/data/out/teacher/best.pt"
+    assert by_name["control"].outputs == {"checkpoint": "/data/out/control/best.pt"}
+    # The next round's teacher is the student, not the control.
+    assert by_name["loop1-label-0"].config["teacher_checkpoint"] == "/data/out/student/best.pt"
+    with pytest.raises(ValidationError, match="samples_per_epoch"):
+        _spec(control=True)

@@ -100,6 +100,9 @@ class EpochSampler:
         centroids: Per store, its ``(N, 5)`` centroid array; ``None`` turns centroid sampling off
             (pseudo samples are then whole images, drawn uniformly).
         seed: With the epoch, fixes every list.
+        real_centroids: The labeled set's ``(N, 5)`` centroid array: real samples are then drawn
+            class first too (a class uniformly, then a region of it); ``None``: real images are
+            drawn evenly, each once before any repeats.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class EpochSampler:
         pseudo_images: Sequence[Sequence[int]] = (),
         centroids: Sequence[np.ndarray] | None = None,
         seed: int = 0,
+        real_centroids: np.ndarray | None = None,
     ) -> None:
         if seed < 0:
             raise ConfigError(f"seed must be >= 0, got {seed}")
@@ -118,6 +122,7 @@ class EpochSampler:
             dtype=np.int64,
         ).reshape(-1, 2)
         self.centroids = None if centroids is None else CentroidTable(centroids)
+        self.real_centroids = None if real_centroids is None else CentroidTable([real_centroids])
         self.seed = seed
 
     @property
@@ -137,9 +142,12 @@ class EpochSampler:
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         rng = np.random.default_rng([self.seed, epoch])
-        samples = [Sample(REAL, int(i)) for i in self._real_indices(rng, n_real)]
+        if self.real_centroids is not None:
+            samples = _centroid_samples(rng, self.real_centroids, n_real, REAL)
+        else:
+            samples = [Sample(REAL, int(i)) for i in self._real_indices(rng, n_real)]
         if self.centroids is not None:
-            samples += self._centroid_samples(rng, n_pseudo)
+            samples += _centroid_samples(rng, self.centroids, n_pseudo)
         else:
             samples += self._whole_image_samples(rng, n_pseudo)
         order = rng.permutation(len(samples))
@@ -156,21 +164,6 @@ class EpochSampler:
         rows = self.pseudo_images[_balanced_draw(rng, len(self.pseudo_images), n)]
         return [Sample(int(store), int(index)) for store, index in rows]
 
-    def _centroid_samples(self, rng: np.random.Generator, n: int) -> list[Sample]:
-        table = self.centroids
-        assert table is not None
-        if n > 0 and len(table) == 0:
-            raise ConfigError(
-                f"{n} pseudo samples asked for, but the label stores hold no centroids"
-            )
-        rows = table.draw(rng, _balanced_draw(rng, len(table.classes), n))
-        return [
-            Sample(
-                int(table.store[r]), int(table.image[r]), (int(table.yx[r, 0]), int(table.yx[r, 1]))
-            )
-            for r in rows
-        ]
-
     def state_dict(self) -> dict:
         """What a checkpoint keeps so that a resumed run draws the same lists."""
         return {
@@ -182,6 +175,25 @@ class EpochSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.seed = int(state["seed"])
+
+
+def _centroid_samples(
+    rng: np.random.Generator, table: CentroidTable, n: int, store: int | None = None
+) -> list[Sample]:
+    """``n`` samples drawn class first: classes evenly, then a random centroid of each; the
+    sample's store is the table's (pseudo) or ``store`` (``REAL`` for the labeled set)."""
+    if n > 0 and len(table) == 0:
+        kind = "real" if store == REAL else "pseudo"
+        raise ConfigError(f"{n} {kind} samples asked for, but there are no centroids to draw from")
+    rows = table.draw(rng, _balanced_draw(rng, len(table.classes), n))
+    return [
+        Sample(
+            int(table.store[r]) if store is None else store,
+            int(table.image[r]),
+            (int(table.yx[r, 0]), int(table.yx[r, 1])),
+        )
+        for r in rows
+    ]
 
 
 def _balanced_draw(rng: np.random.Generator, population: int, n: int) -> np.ndarray:

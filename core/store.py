@@ -467,14 +467,21 @@ class LabelStore:
             attributes["runs"] = runs
         self._group.update_attributes(attributes)
 
+    def class_pixels(self, done: np.ndarray | None = None) -> np.ndarray:
+        """(C,) int64 pixels of each class over the done images (``done``: their indices, when
+        the caller has them)."""
+        if done is None:
+            done = self.done_indices()
+        if not len(done):
+            return np.zeros(self.label_space.num_classes, dtype=np.int64)
+        return self._class_pixels.get_orthogonal_selection((done, slice(None))).sum(axis=0)
+
     def summary(self) -> dict:
         """JSON-able summary: counts of images by status, and pixels and centroids per class."""
         status = self.statuses()
         done = np.flatnonzero(status == ImageStatus.DONE)
         names = self.label_space.names
-        pixels = np.zeros(len(names), dtype=np.int64)
-        if done.size:
-            pixels = self._class_pixels.get_orthogonal_selection((done, slice(None))).sum(axis=0)
+        pixels = self.class_pixels(done)
         classes = self.centroids()[:, 1].astype(np.int64)
         centroid_counts = np.bincount(classes, minlength=len(names))[: len(names)]
         return {

@@ -32,18 +32,29 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from core.checkpoint import load_checkpoint
-from core.configs import AugmentConfig, TrainJobConfig
+from core.configs import AugmentConfig, StrongAugmentConfig, TrainJobConfig
 from core.datasets import SegmentationDataset, open_source
-from core.errors import CheckpointError, ConfigError, DataError, SizeMismatchError
+from core.errors import CheckpointError, ConfigError, DataError
 from core.evaluate import evaluate
-from core.io import read_image
 from core.labels import LabelSpace
 from core.metrics import ConfusionMatrix
 from core.models import reset_head
+from core.pseudo import (
+    LabeledStatistics,
+    PseudoLabels,
+    class_thresholds,
+    labeled_statistics,
+    underpredicted_classes,
+)
 from core.sampling import REAL, EpochSampler, Sample, sample_rng, split_counts
 from core.schedule import from_config
-from core.store import LabelStore
-from core.transforms import augment_around_point, build_train_transform, normalize_batch, to_tensors
+from core.transforms import (
+    augment_around_point,
+    build_strong_transform,
+    build_train_transform,
+    normalize_batch,
+    to_tensors,
+)
 
 
 @dataclass(frozen=True)
@@ -141,43 +152,6 @@ def _sample_counts(
     return n_labeled, round(n_labeled * ratio)
 
 
-class PseudoLabels:
-    """Read access to one label store's images and labels, with a read-time confidence threshold.
-
-    The store is opened lazily (and again after pickling), so a Dataset holding this object can go
-    to DataLoader worker processes.
-
-    Args:
-        path: The label store.
-        confidence_threshold: Pixels whose confidence is below it become ignore (255).
-    """
-
-    def __init__(self, path: str | Path, confidence_threshold: float = 0.0) -> None:
-        self.path = str(path)
-        self.confidence_threshold = confidence_threshold
-        self._store: LabelStore | None = None
-
-    @property
-    def store(self) -> LabelStore:
-        if self._store is None:
-            self._store = LabelStore.open(self.path, read_only=True)
-        return self._store
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_store": None}
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(image (H, W, 3) uint8 RGB read from its original file, label (H, W) uint8)."""
-        path = self.store.image_path(index)
-        image = read_image(path)
-        label = self.store.label(index, confidence_threshold=self.confidence_threshold)
-        if label.shape != image.shape[:2]:
-            raise SizeMismatchError(
-                path, f"pseudo label in {self.path} is {label.shape} but the image is {image.shape}"
-            )
-        return image, label
-
-
 @dataclass
 class TrainingData:
     """Everything a run trains and validates on, opened and checked.
@@ -220,9 +194,14 @@ def open_training_data(config: TrainJobConfig) -> TrainingData:
                 f"label store {reader.path} has classes {names}, but the labeled data has "
                 f"{list(label_space.names)}"
             )
+    stats = None
+    if config.real_centroid_sampling or config.ignore_underpredicted is not None:
+        stats = labeled_statistics(labeled)
+    _set_pseudo_levers(config, pseudo, stats)
     done = [reader.store.done_indices() for reader in pseudo]
     centroids = [r.store.centroids() for r in pseudo] if config.centroid_sampling else None
-    sampler = EpochSampler(len(labeled), done, centroids, config.seed)
+    real_centroids = stats.centroids if config.real_centroid_sampling and stats else None
+    sampler = EpochSampler(len(labeled), done, centroids, config.seed, real_centroids)
     val = None
     if config.val is not None:
         val = open_source(config.val)
@@ -235,6 +214,22 @@ def open_training_data(config: TrainJobConfig) -> TrainingData:
             )
     plans = plan_epochs(config, len(labeled), sum(len(d) for d in done))
     return TrainingData(labeled, label_space, pseudo, val, sampler, plans)
+
+
+def _set_pseudo_levers(
+    config: TrainJobConfig, pseudo: list[PseudoLabels], stats: LabeledStatistics | None
+) -> None:
+    """Per-class thresholds and ignored classes of each store, as the config asks."""
+    for reader in pseudo:
+        if config.pseudo_keep_fraction is not None:
+            reader.class_thresholds = class_thresholds(
+                reader.store, config.pseudo_keep_fraction, seed=config.seed
+            )
+        if config.ignore_underpredicted is not None and stats is not None:
+            ignored = underpredicted_classes(
+                reader.store.class_pixels(), stats.class_pixels, config.ignore_underpredicted
+            )
+            reader.ignored_classes = np.asarray(ignored, dtype=np.uint8)
 
 
 class EpochSamples(Dataset):
@@ -253,6 +248,8 @@ class EpochSamples(Dataset):
         crop_size: This epoch's crop size.
         seed: The run's seed.
         epoch: The epoch.
+        strong: Extra augmentation for pseudo samples only (after the standard pipeline, drawing
+            from the same generator, so real samples are exactly as without it).
     """
 
     def __init__(
@@ -264,6 +261,7 @@ class EpochSamples(Dataset):
         crop_size: int,
         seed: int,
         epoch: int,
+        strong: StrongAugmentConfig | None = None,
     ) -> None:
         self.part = list(part)
         self.labeled = labeled
@@ -273,6 +271,7 @@ class EpochSamples(Dataset):
         self.seed = seed
         self.epoch = epoch
         self.transform = build_train_transform(aug, crop_size)
+        self.strong = None if strong is None else build_strong_transform(strong)
 
     def __len__(self) -> int:
         return len(self.part)
@@ -286,8 +285,14 @@ class EpochSamples(Dataset):
             image, label = self.pseudo[sample.store].load(sample.index)
         rng = sample_rng(self.seed, self.epoch, position)
         if sample.point is None:
-            return self.transform(image, label, rng)
-        return augment_around_point(image, label, sample.point, self.aug, self.crop_size, rng)
+            image, label = self.transform(image, label, rng)
+        else:
+            image, label = augment_around_point(
+                image, label, sample.point, self.aug, self.crop_size, rng
+            )
+        if self.strong is not None and not sample.is_real:
+            image, label = self.strong(image, label, rng)
+        return image, label
 
 
 def collate(batch: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -123,7 +123,14 @@ class TrainingRun:
         samples = data.sampler.samples(epoch, plan.n_real, plan.n_pseudo)
         part = rank_part(samples, self.rank, self.world_size)
         dataset = EpochSamples(
-            part, data.labeled, data.pseudo, config.augment, plan.crop_size, config.seed, epoch
+            part,
+            data.labeled,
+            data.pseudo,
+            config.augment,
+            plan.crop_size,
+            config.seed,
+            epoch,
+            config.pseudo_augment,
         )
         loader = make_loader(dataset, plan.batch_size, config.loader_workers)
         loss_fn = build_loss(config.ohem, config.ohem_thresh, config.ohem_min_kept)

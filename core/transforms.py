@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from core.configs import AugmentConfig
+from core.configs import AugmentConfig, StrongAugmentConfig
 from core.labels import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -222,6 +222,78 @@ class ColorJitter:
 
     def __repr__(self) -> str:
         return f"ColorJitter({self.strength})"
+
+
+class RandomApply:
+    """Apply ``transform`` with probability ``p``."""
+
+    def __init__(self, transform: JointTransform, p: float) -> None:
+        self.transform = transform
+        self.p = p
+
+    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Pair:
+        if rng.random() >= self.p:
+            return image, label
+        return self.transform(image, label, rng)
+
+    def __repr__(self) -> str:
+        return f"RandomApply({self.transform!r}, {self.p})"
+
+
+class RandomGrayscale:
+    """Turn the image gray (luma in all three channels) with probability ``p``."""
+
+    def __init__(self, p: float = 0.2) -> None:
+        self.p = p
+
+    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Pair:
+        if rng.random() >= self.p:
+            return image, label
+        gray = np.clip(np.rint(image.astype(np.float32) @ _LUMA), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2), label
+
+    def __repr__(self) -> str:
+        return f"RandomGrayscale({self.p})"
+
+
+class Cutout:
+    """With probability ``p``, blank one random rectangle (sides up to ``max_fraction`` of the
+    image's): the image to 0, the label to ignore, so nothing is learned from the hole."""
+
+    def __init__(
+        self, p: float = 0.5, max_fraction: float = 0.5, ignore_index: int = IGNORE_INDEX
+    ) -> None:
+        self.p = p
+        self.max_fraction = max_fraction
+        self.ignore_index = ignore_index
+
+    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Pair:
+        if rng.random() >= self.p:
+            return image, label
+        h, w = label.shape
+        ch = int(rng.integers(1, max(1, round(h * self.max_fraction)) + 1))
+        cw = int(rng.integers(1, max(1, round(w * self.max_fraction)) + 1))
+        y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        image, label = image.copy(), label.copy()
+        image[y0 : y0 + ch, x0 : x0 + cw] = 0
+        label[y0 : y0 + ch, x0 : x0 + cw] = self.ignore_index
+        return image, label
+
+    def __repr__(self) -> str:
+        return f"Cutout({self.p}, {self.max_fraction})"
+
+
+def build_strong_transform(strong: StrongAugmentConfig) -> Compose:
+    """The pseudo samples' extra augmentation: strong color jitter (p 0.8), grayscale, a blur of
+    up to sigma 2, cutout."""
+    return Compose(
+        [
+            RandomApply(ColorJitter(strong.color_jitter), 0.8),
+            RandomGrayscale(strong.grayscale),
+            GaussianBlur(strong.blur, (0.1, 2.0)),
+            Cutout(strong.cutout, strong.cutout_max),
+        ]
+    )
 
 
 def _tail_transforms(aug: AugmentConfig) -> list[JointTransform]:

@@ -7,7 +7,13 @@ from pydantic import ValidationError
 
 from core.centroids import find_centroids
 from core.checkpoint import save_checkpoint
-from core.configs import AugmentConfig, DataSource, ScheduleConfig, TrainJobConfig
+from core.configs import (
+    AugmentConfig,
+    DataSource,
+    ScheduleConfig,
+    StrongAugmentConfig,
+    TrainJobConfig,
+)
 from core.datasets import paired_folder
 from core.errors import CheckpointError, ConfigError
 from core.io import write_image, write_label
@@ -15,11 +21,11 @@ from core.labels import declare_label_space
 from core.losses import build_loss
 from core.models import build_model
 from core.optim import build_optimizer, poly_lr
+from core.pseudo import PseudoLabels, class_thresholds, underpredicted_classes
 from core.sampling import REAL, Sample, rank_part
 from core.store import LabelStore
 from core.training import (
     EpochSamples,
-    PseudoLabels,
     load_initial_weights,
     make_loader,
     open_training_data,
@@ -281,3 +287,86 @@ def test_pretrain_then_finetune_restarts_the_lr_at_the_finetune_lr(tmp_path):
     assert rows[0].lr == pytest.approx(0.002)  # restarted for the first finetune step
     assert rows[1].lr == pytest.approx(0.002 * 0.5**0.9)
     assert rows[2].lr == 0.0
+
+
+# --- the levers: what the student reads of the pseudo labels -----------------------------------
+
+
+def test_class_thresholds_keep_the_most_confident_fraction_of_each_class(tmp_path):
+    space = declare_label_space("two", ["a", "b"])
+    store = LabelStore.create(tmp_path / "s", ["x.png"], [(1, 10)], space, {}, {})
+    label = np.array([[0, 0, 0, 0, 1, 1, 1, 1, 1, 1]], np.uint8)
+    confidence = np.array([[10, 20, 30, 40, 50, 60, 70, 80, 90, 100]], np.uint8)
+    store.write(0, label, confidence, find_centroids(label))
+    # Class a: keep the top half of {10, 20, 30, 40} -> >= 30; class b: of {50..100} -> >= 80.
+    np.testing.assert_array_equal(class_thresholds(store, 0.5), [30, 80])
+    np.testing.assert_array_equal(class_thresholds(store, 1.0), [10, 50])
+
+
+def test_underpredicted_classes_are_those_below_the_ratio_of_their_real_share():
+    real = np.array([50, 40, 10, 0])  # shares 0.5, 0.4, 0.1, 0
+    pseudo = np.array([60, 38, 2, 0])  # shares 0.6, 0.38, 0.02, 0
+    assert underpredicted_classes(pseudo, real, 0.5) == [2]  # 0.02 < 0.5 * 0.1
+    assert underpredicted_classes(pseudo, real, 0.99) == [1, 2]  # 0.38 < 0.99 * 0.4
+    assert underpredicted_classes(real, real, 1.0) == []
+
+
+def test_pseudo_labels_ignore_pixels_under_their_class_threshold_and_ignored_classes(tmp_path):
+    root = _paired(tmp_path / "real", 1)
+    _store(tmp_path / "store", root, 1)
+    # The dot (class 2) has confidence 100, the rest 200.
+    reader = PseudoLabels(tmp_path / "store", class_thresholds=np.array([0, 201, 90], np.uint8))
+    _, label = reader.load(0)
+    # The wall (class 1, rows 0-31) falls under 201; the dot (in the ground) stays at 100 >= 90.
+    assert set(np.unique(label).tolist()) == {0, 2, 255}
+    assert (label == 255).sum() == 32 * 128 and (label == 2).sum() == 16
+    _, label = PseudoLabels(tmp_path / "store", ignored_classes=[2]).load(0)
+    assert (label == 2).sum() == 0 and (label == 255).sum() == 16
+
+
+def test_the_pseudo_only_augmentation_never_touches_real_samples(tmp_path):
+    root = _paired(tmp_path / "real", 4)
+    store = _store(tmp_path / "store", root, 4)
+    labeled = paired_folder(root, SPACE)
+    part = [(p, Sample(REAL, p % 4)) for p in range(8)] + [(8 + p, Sample(0, p)) for p in range(4)]
+    reader = [PseudoLabels(store.path)]
+    plain = EpochSamples(part, labeled, reader, PLAIN, 32, seed=1, epoch=0)
+    strong = StrongAugmentConfig(color_jitter=1.0, grayscale=1.0, blur=1.0, cutout=1.0)
+    strong_samples = EpochSamples(part, labeled, reader, PLAIN, 32, seed=1, epoch=0, strong=strong)
+    for i, (_, sample) in enumerate(part):
+        (image, label), (image2, label2) = plain[i], strong_samples[i]
+        if sample.is_real:
+            np.testing.assert_array_equal(image, image2)
+            np.testing.assert_array_equal(label, label2)
+        else:
+            # Grayscale always (p 1): the three channels are equal; cutout always: a hole.
+            assert (image2[..., 0] == image2[..., 1]).all() and not np.array_equal(image, image2)
+            assert (label2 == 255).any() and not (label == 255).any()
+
+
+def test_real_centroid_sampling_draws_real_samples_class_first(tmp_path):
+    root = _paired(tmp_path / "real", 6)
+    config = _config(tmp_path, epochs=1, samples_per_epoch=30, real_centroid_sampling=True)
+    data = open_training_data(config)
+    samples = data.sampler.samples(0, 30, 0)
+    assert all(s.is_real and s.point is not None for s in samples)
+    # Three classes (ground, wall, dot): each drawn 10 times, although the dot is tiny.
+    labels = [paired_folder(root, SPACE).load_label(s.index)[s.point] for s in samples]
+    assert sorted(np.bincount(labels).tolist()) == [10, 10, 10]
+
+
+def test_open_training_data_sets_the_levers_of_each_store(tmp_path):
+    root = _paired(tmp_path / "real", 4)
+    _store(tmp_path / "store", root, 4)
+    config = _config(
+        tmp_path,
+        epochs=1,
+        pseudo=[str(tmp_path / "store")],
+        pseudo_keep_fraction=1.0,
+        ignore_underpredicted=0.5,
+    )
+    reader = open_training_data(config).pseudo[0]
+    # The store holds the true labels, so no class is under-predicted; keeping every pixel puts
+    # each class's threshold at its lowest confidence.
+    assert reader.ignored_classes.tolist() == []
+    np.testing.assert_array_equal(reader.class_thresholds, [200, 200, 100])

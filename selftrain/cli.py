@@ -112,6 +112,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from selftrain.local import main as run_main
+
+    return run_main(args.spec, args.output, args.data_root, args.test)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from selftrain.demo import main as demo_main
 
@@ -158,6 +164,24 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("run", help="a whole run spec (teacher, labels, students, loops) here")
+    p.add_argument("--spec", required=True, help="the run spec, YAML or JSON (as POST /api/runs)")
+    p.add_argument("--output", required=True, help="where the run's stages write")
+    p.add_argument(
+        "--data-root",
+        action="append",
+        default=[],
+        help="a folder the spec's paths must lie in (relative paths: the first); default: .",
+    )
+    p.add_argument(
+        "--test",
+        action="append",
+        default=[],
+        metavar="NAME=FORMAT:ROOT[:SPLIT]",
+        help="score every trained model on this labeled set at the end (repeatable)",
+    )
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("demo", help="teacher -> pseudo labels -> student on synthetic scenes")
     p.add_argument("--workdir", default="selftrain-demo", help="where data and results go")

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,20 +52,11 @@ from core.configs import (
     TrainSettings,
 )
 from core.errors import ConfigError
-from core.evaluate import evaluate_checkpoint
 from core.labels import LabelSpace
-from core.plan import (
-    LabelStage,
-    PlannedStage,
-    RunSpec,
-    TrainStage,
-    job_config,
-    plan_stages,
-    with_existing_inputs,
-)
-from core.runfiles import RunFiles, read_metrics, resolve_checkpoint
+from core.plan import LabelStage, PlannedStage, RunSpec, TrainStage, job_config, plan_stages
 from core.store import LabelStore
 from core.synth import write_synthetic_dataset
+from selftrain.local import run_stage, score, start_ray, trained_checkpoints
 from services.spec_inputs import check_spec_data, resolve_spec_paths
 
 # What run_demo writes into the work folder (and deletes first, so every demo starts fresh).
@@ -145,8 +135,9 @@ class DemoConfig(StrictModel):
 
 def _run_spec(seed: int, quick: bool = False) -> RunSpec:
     """The demo's run: a teacher on the labeled scenes, one label job over the unlabeled scenes,
-    a student from the teacher's weights at 3 real : 1 pseudo with centroid sampling; both train
-    with the coarse2fine+ crop schedule."""
+    a student from the teacher's weights at 1 pseudo : 3 real samples with centroid sampling, and
+    the labeled-only control at the student's budget; all train with the coarse2fine+ crop
+    schedule."""
     common = {
         "model": "small",
         "labeled": LABELED,
@@ -186,6 +177,7 @@ def _run_spec(seed: int, quick: bool = False) -> RunSpec:
         teacher=TrainStage(train=teacher),
         label=LabelStage(sources=[UNLABELED], options=label),
         student=TrainStage(train=student, init_from_teacher=True),
+        control=True,
     )
 
 
@@ -241,42 +233,47 @@ def plan_demo(paths: DemoPaths, config: DemoConfig) -> list[PlannedStage]:
     return plan_stages(resolve_spec_paths(config.run, [paths.workdir]), paths.runs)
 
 
-def class_table(teacher: dict, student: dict) -> list[dict]:
-    """Per-class rows ``{"class", "teacher_iou", "student_iou", "delta"}`` of two evaluations
-    (``evaluate_checkpoint`` results on the same scenes).
+def class_table(results: dict[str, dict]) -> list[dict]:
+    """Per-class rows ``{"class", "iou": {model: IoU}}`` of evaluations of the same scenes
+    (``{model: evaluate_checkpoint result}``, in column order).
 
-    A class is listed when either model has an IoU for it, i.e. it occurs in the scenes or one of
-    the models predicts it; ``delta`` (student - teacher) is None unless both have one.
+    A class is listed when any model has an IoU for it, i.e. it occurs in the scenes or a model
+    predicts it.
     """
+    first = next(iter(results.values()))
     rows = []
-    for name, t_iou in teacher["per_class_iou"].items():
-        s_iou = student["per_class_iou"].get(name)
-        if t_iou is None and s_iou is None:
-            continue
-        delta = None if t_iou is None or s_iou is None else s_iou - t_iou
-        rows.append({"class": name, "teacher_iou": t_iou, "student_iou": s_iou, "delta": delta})
+    for name in first["per_class_iou"]:
+        ious = {model: result["per_class_iou"].get(name) for model, result in results.items()}
+        if any(iou is not None for iou in ious.values()):
+            rows.append({"class": name, "iou": ious})
     return rows
 
 
-def format_table(rows: list[dict], summary: list[tuple[str, float | None, float | None]]) -> str:
-    """The per-class table as text, IoU in percent, then the summary rows (e.g. mIoU)."""
+def format_table(
+    rows: list[dict], summary: list[tuple[str, dict[str, float | None]]], models: list[str]
+) -> str:
+    """The per-class table as text, IoU in percent, one column per model, then the student's
+    difference to each other model; then the summary rows (e.g. mIoU) the same way."""
 
     def pct(value: float | None) -> str:
         return "    n/a" if value is None else f"{100 * value:7.1f}"
 
-    def signed(value: float | None) -> str:
-        return "    n/a" if value is None else f"{100 * value:+7.1f}"
+    def signed(a: float | None, b: float | None) -> str:
+        return "    n/a" if a is None or b is None else f"{100 * (a - b):+7.1f}"
 
-    lines = [f"{'class':16s} {'teacher':>7s} {'student':>7s} {'delta':>7s}"]
-    for row in rows:
-        lines.append(
-            f"{row['class']:16s} {pct(row['teacher_iou'])} {pct(row['student_iou'])} "
-            f"{signed(row['delta'])}"
-        )
+    others = [m for m in models if m != "student"]
+    header = [f"{'class':16s}", *[f"{m:>7s}" for m in models]]
+    header += [f"{'s-' + m[0]:>7s}" for m in others]
+
+    def line(name: str, ious: dict[str, float | None]) -> str:
+        cells = [f"{name:16s}", *[pct(ious.get(m)) for m in models]]
+        cells += [signed(ious.get("student"), ious.get(m)) for m in others]
+        return " ".join(cells)
+
+    lines = [" ".join(header)]
+    lines += [line(row["class"], row["iou"]) for row in rows]
     lines.append("-" * len(lines[0]))
-    for name, t_value, s_value in summary:
-        delta = None if t_value is None or s_value is None else s_value - t_value
-        lines.append(f"{name:16s} {pct(t_value)} {pct(s_value)} {signed(delta)}")
+    lines += [line(name, values) for name, values in summary]
     return "\n".join(lines)
 
 
@@ -323,52 +320,6 @@ def write_pseudo_label_picture(
     return out
 
 
-class EpochProgress:
-    """A progress bar of a training run's epochs, fed from its metrics.jsonl.
-
-    The job writes one line per epoch into the run folder; a thread on the driver reads it, so the
-    bar needs nothing from inside the Ray workers.
-
-    Args:
-        metrics: The run's metrics.jsonl.
-        epochs: Epochs of the run.
-        desc: The bar's label.
-        enabled: Show the bar at all.
-    """
-
-    def __init__(self, metrics: Path, epochs: int, desc: str, enabled: bool = True) -> None:
-        self.metrics = metrics
-        self.bar = tqdm(total=epochs, desc=desc, unit="epoch", disable=not enabled)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._follow, daemon=True)
-
-    def __enter__(self) -> EpochProgress:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop.set()
-        self.thread.join()
-        self._update()
-        self.bar.close()
-
-    def _follow(self) -> None:
-        while not self.stop.wait(0.5):
-            self._update()
-
-    def _update(self) -> None:
-        rows = read_metrics(self.metrics)
-        if len(rows) > self.bar.n:
-            last = rows[-1]
-            self.bar.set_postfix(
-                loss=f"{last.loss:.3f}",
-                crop=last.crop_size,
-                img_s=f"{last.images_per_s:.0f}",
-                refresh=False,
-            )
-            self.bar.update(len(rows) - self.bar.n)
-
-
 class _Stages:
     """Numbered stage headers with the time each stage took."""
 
@@ -386,19 +337,6 @@ class _Stages:
         self.seconds[key] = round(time.perf_counter() - start, 1)
         self.echo(f"      done in {self.seconds[key]:.0f} s")
         return result
-
-
-def run_stage(stage: PlannedStage, progress: bool = True) -> None:
-    """Run one planned job stage in this process, as the control plane's job would on Ray."""
-    from jobs import label, train  # Ray Train and Ray Data are heavy imports
-
-    config = job_config(with_existing_inputs(stage))
-    if isinstance(config, TrainJobConfig):
-        files = RunFiles.of(config.storage_path, config.run_name)
-        with EpochProgress(files.metrics, config.epochs, config.role, enabled=progress):
-            train.run_training(config)
-    else:
-        label.run(config, progress_bar=progress)
 
 
 def run_demo(
@@ -440,21 +378,21 @@ def run_demo(
     )
     # The checks the service makes when a run is created: data exists, crops fit, models known.
     check_spec_data(resolve_spec_paths(config.run, [paths.workdir]))
-    stages.run("ray", "starting Ray in this process", _start_ray)
+    stages.run("ray", "starting Ray in this process", start_ray)
     for stage in jobs:
         title = _stage_title(stage, scenes)
         stages.run(stage.name, title, lambda stage=stage: run_stage(stage, progress))
-    outputs = {stage.name: stage.outputs for stage in planned}
-    checkpoints = {
-        role: str(resolve_checkpoint(outputs[role]["checkpoint"]))
-        for role in ("teacher", "student")
+    checkpoints = trained_checkpoints(planned)
+    tests = {
+        domain: source.model_copy(update={"root": str(paths.workdir / source.root)})
+        for domain, source in TEST_SOURCES.items()
     }
     scores = stages.run(
         "evaluate",
-        f"evaluating both on the held-out scenes ({scenes.n_test} per domain)",
-        lambda: _evaluate(checkpoints, paths.workdir),
+        f"evaluating {', '.join(checkpoints)} on the held-out scenes ({scenes.n_test} per domain)",
+        lambda: score(checkpoints, tests),
     )
-    store = outputs["label-0"]["store"]
+    store = next(stage.outputs["store"] for stage in planned if stage.kind == "label")
     write_pseudo_label_picture(store, paths.picture, config.preview_rows)
     result = _results(config, paths, scores, checkpoints, store, counts)
     result["seconds"] = {**stages.seconds, "total": round(time.perf_counter() - start, 1)}
@@ -469,9 +407,11 @@ def _stage_title(stage: PlannedStage, scenes: DemoScenes) -> str:
         n = scenes.n_unlabeled_source + scenes.n_unlabeled_target
         return f"labeling {n} unlabeled scenes into the label store (Ray Data)"
     crops = f"{job.epochs} epochs x {job.samples_per_epoch} crops"
+    start = "from the teacher" if job.init_checkpoint else "from scratch"
     if job.role == "teacher":
         return f"training the teacher ({job.model}) on {scenes.n_labeled} labeled scenes, {crops}"
-    start = "from the teacher" if job.init_checkpoint else "from scratch"
+    if stage.kind == "control":
+        return f"training the control {start} on the labeled scenes only, {crops}"
     return (
         f"training the student {start} on real and pseudo labels ({job.pseudo_per_real:.2g} "
         f"pseudo per real sample, centroid sampling, {job.schedule.kind} crops "
@@ -479,42 +419,24 @@ def _stage_title(stage: PlannedStage, scenes: DemoScenes) -> str:
     )
 
 
-def _start_ray() -> None:
-    from jobs.ray_entry import init_ray
-
-    # Workers' log lines (Ray Train's report of every epoch) stay in Ray's session folder.
-    init_ray(quiet=True)
-
-
-def _evaluate(checkpoints: dict[str, str], workdir: Path) -> dict:
-    sources = {
-        domain: source.model_copy(update={"root": str(workdir / source.root)})
-        for domain, source in TEST_SOURCES.items()
-    }
-    return {
-        role: {domain: evaluate_checkpoint(path, source) for domain, source in sources.items()}
-        for role, path in checkpoints.items()
-    }
-
-
 def _results(
     config: DemoConfig,
     paths: DemoPaths,
-    scores: dict,
+    scores: dict[str, dict],
     checkpoints: dict[str, str],
     store: str,
     counts: dict[str, int],
 ) -> dict:
+    result = {}
+    for model, by_domain in scores.items():
+        result[f"{model}_miou"] = by_domain["source"]["miou"]
+        result[f"{model}_target_miou"] = by_domain["target"]["miou"]
     return {
-        "teacher_miou": scores["teacher"]["source"]["miou"],
-        "student_miou": scores["student"]["source"]["miou"],
-        "teacher_target_miou": scores["teacher"]["target"]["miou"],
-        "student_target_miou": scores["student"]["target"]["miou"],
-        "per_class": class_table(scores["teacher"]["source"], scores["student"]["source"]),
+        **result,
+        "per_class": class_table({m: by_domain["source"] for m, by_domain in scores.items()}),
         "workdir": str(paths.workdir),
         "artifacts": {
-            "teacher_checkpoint": checkpoints["teacher"],
-            "student_checkpoint": checkpoints["student"],
+            **{f"{model}_checkpoint": path for model, path in checkpoints.items()},
             "label_store": store,
             "pseudo_label_picture": str(paths.picture),
             "results": str(paths.results),
@@ -525,25 +447,42 @@ def _results(
 
 
 def _print_report(result: dict, config: DemoConfig, echo: Callable[[str], None]) -> None:
+    models = [m for m in ("teacher", "control", "student") if f"{m}_miou" in result]
     echo("")
     echo(f"IoU (%) on {config.scenes.n_test} held-out source scenes")
     summary = [
-        ("mIoU source", result["teacher_miou"], result["student_miou"]),
-        ("mIoU target", result["teacher_target_miou"], result["student_target_miou"]),
+        ("mIoU source", {m: result[f"{m}_miou"] for m in models}),
+        ("mIoU target", {m: result[f"{m}_target_miou"] for m in models}),
     ]
-    echo(format_table(result["per_class"], summary))
-    student = config.run.student
-    if student.init_from_teacher and student.train is not None:
-        # Said with the numbers, so nobody reads the gain as pseudo labels alone.
-        echo(
-            f"The student started from the teacher's weights and trained {student.train.epochs} "
-            "more epochs; part of its lead is that extra training (a control is in "
-            "docs/performance.md)."
-        )
+    echo(format_table(result["per_class"], summary, models))
+    echo(_verdict(result, config))
     echo("")
     for name, path in result["artifacts"].items():
         echo(f"{name.replace('_', ' '):22s} {path}")
     echo(f"finished in {result['seconds']['total'] / 60:.1f} min")
+
+
+def _verdict(result: dict, config: DemoConfig) -> str:
+    """One honest sentence on what the student's lead over the teacher is made of."""
+    student = config.run.student
+    epochs = student.train.epochs if student.train is not None else 0
+    start = "started from the teacher's weights and " if student.init_from_teacher else ""
+    if "control_miou" not in result:
+        return (
+            f"The student {start}trained {epochs} more epochs; part of its lead is that extra "
+            "training (a control is in docs/performance.md)."
+        )
+    gain = 100 * (result["student_miou"] - result["control_miou"])
+    if gain > 0:
+        return (
+            f"The student {start}trained {epochs} epochs; the control trained the same way on the "
+            f"labeled scenes only. The pseudo labels are worth {gain:+.1f} mIoU over it."
+        )
+    return (
+        f"The student {start}trained {epochs} epochs; the control trained the same way on the "
+        f"labeled scenes only and is {-gain:.1f} mIoU ahead: here the pseudo labels did not "
+        "pay for themselves (see docs/performance.md)."
+    )
 
 
 def main(args: argparse.Namespace) -> int:

@@ -32,24 +32,25 @@ from selftrain.demo import (
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
 
 
-def test_class_table_lists_the_classes_either_model_has():
+def test_class_table_lists_the_classes_any_model_has():
     teacher = {"per_class_iou": {"road": 0.5, "sky": None, "car": 0.25, "bus": None}}
     student = {"per_class_iou": {"road": 0.75, "sky": None, "car": None, "bus": 0.1}}
-    rows = class_table(teacher, student)
+    rows = class_table({"teacher": teacher, "student": student})
     assert rows == [
-        {"class": "road", "teacher_iou": 0.5, "student_iou": 0.75, "delta": 0.25},
-        {"class": "car", "teacher_iou": 0.25, "student_iou": None, "delta": None},
-        {"class": "bus", "teacher_iou": None, "student_iou": 0.1, "delta": None},
+        {"class": "road", "iou": {"teacher": 0.5, "student": 0.75}},
+        {"class": "car", "iou": {"teacher": 0.25, "student": None}},
+        {"class": "bus", "iou": {"teacher": None, "student": 0.1}},
     ]
 
 
-def test_format_table_prints_percent_and_signed_deltas():
-    rows = [{"class": "road", "teacher_iou": 0.5, "student_iou": 0.75, "delta": 0.25}]
-    text = format_table(rows, [("mIoU", 0.4, 0.35)])
+def test_format_table_prints_percent_and_the_students_signed_differences():
+    rows = [{"class": "road", "iou": {"teacher": 0.5, "control": 0.6, "student": 0.75}}]
+    summary = [("mIoU", {"teacher": 0.4, "control": 0.3, "student": 0.35})]
+    text = format_table(rows, summary, ["teacher", "control", "student"])
     lines = text.splitlines()
-    assert lines[0].split() == ["class", "teacher", "student", "delta"]
-    assert lines[1].split() == ["road", "50.0", "75.0", "+25.0"]
-    assert lines[-1].split() == ["mIoU", "40.0", "35.0", "-5.0"]
+    assert lines[0].split() == ["class", "teacher", "control", "student", "s-t", "s-c"]
+    assert lines[1].split() == ["road", "50.0", "60.0", "75.0", "+25.0", "+15.0"]
+    assert lines[-1].split() == ["mIoU", "40.0", "30.0", "35.0", "-5.0", "+5.0"]
 
 
 def test_pseudo_label_picture_puts_each_image_next_to_its_colored_label(tmp_path):
@@ -200,12 +201,14 @@ def test_quick_demo_command_runs_end_to_end(tmp_path):
     printed = done.stdout.rstrip("\n")
     result = json.loads(printed.splitlines()[-1])
 
-    assert {"teacher_miou", "student_miou", "workdir"} <= result.keys()
-    for key in ("teacher_miou", "student_miou", "teacher_target_miou", "student_target_miou"):
-        assert 0.0 <= result[key] <= 1.0, key
+    assert {"teacher_miou", "student_miou", "control_miou", "workdir"} <= result.keys()
+    for model in ("teacher", "control", "student"):
+        for key in (f"{model}_miou", f"{model}_target_miou"):
+            assert 0.0 <= result[key] <= 1.0, key
     assert result["workdir"] == str(workdir.resolve())
     artifacts = result["artifacts"]
-    for key in ("teacher_checkpoint", "student_checkpoint", "pseudo_label_picture", "results"):
+    checkpoints = ("teacher_checkpoint", "control_checkpoint", "student_checkpoint")
+    for key in (*checkpoints, "pseudo_label_picture", "results"):
         assert os.path.isfile(artifacts[key]), key
     scenes = DemoConfig.quick().scenes
     store = LabelStore.open(artifacts["label_store"], read_only=True)
@@ -224,4 +227,16 @@ def test_quick_demo_command_runs_end_to_end(tmp_path):
     for name in listed:
         assert f"\n{name} " in printed
     assert "mIoU source" in printed
-    assert "The student started from the teacher's weights and trained 3 more epochs" in printed
+    assert "The student started from the teacher's weights and trained 3 epochs" in printed
+    assert "the control trained the same way on the labeled scenes only" in printed
+
+
+def test_the_demo_trains_a_labeled_only_control_at_the_students_budget(tmp_path):
+    config = DemoConfig.default()
+    planned = _planned(tmp_path, config)
+    control, student = planned["control"], planned["student"]
+    assert control.pseudo == [] and control.pseudo_per_real == 0
+    assert control.samples_per_epoch == student.samples_per_epoch
+    assert control.epochs == student.epochs and control.init_checkpoint == student.init_checkpoint
+    without = config.model_copy(update={"run": config.run.model_copy(update={"control": False})})
+    assert "control" not in _planned(tmp_path, without)

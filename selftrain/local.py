@@ -1,0 +1,132 @@
+"""Run a whole self-training run on this machine: ``selftrain run --spec RUN.yaml --output DIR``.
+
+The run spec is the control plane's (core.plan.RunSpec, the REST body of ``POST /api/runs``): its
+paths are resolved and checked as the service does (services.spec_inputs), it is planned into the
+same stages (core.plan.plan_stages), and each stage runs the job function the service submits to
+Ray (jobs/train.py, jobs/label.py), in this process on an embedded Ray. Loops included: the last
+model of a round labels the sources again and the next student trains on its labels. At the end
+every trained model is scored on the ``--test`` sets, which no stage reads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from core.configs import DataSource, TrainJobConfig, load_config
+from core.evaluate import evaluate_checkpoint
+from core.plan import PlannedStage, RunSpec, job_config, plan_stages, with_existing_inputs
+from core.runfiles import RunFiles, resolve_checkpoint
+from services.spec_inputs import check_spec_data, resolve_spec_paths
+
+
+def plan_local_run(spec: RunSpec, output: Path, roots: Sequence[Path]) -> list[PlannedStage]:
+    """The stages of ``spec`` with outputs under ``output``, its paths resolved inside ``roots``
+    (relative ones against the first) and its data checked, as the service does at creation."""
+    resolved = resolve_spec_paths(spec, list(roots))
+    check_spec_data(resolved)
+    return plan_stages(resolved, output)
+
+
+def run_stage(stage: PlannedStage, progress: bool = True) -> None:
+    """Run one planned job stage in this process, as the control plane's job would on Ray."""
+    from jobs import label, train  # Ray Train and Ray Data are heavy imports
+    from selftrain.progress import EpochProgress
+
+    config = job_config(with_existing_inputs(stage))
+    if isinstance(config, TrainJobConfig):
+        files = RunFiles.of(config.storage_path, config.run_name)
+        with EpochProgress(files.metrics, config.epochs, stage.name, enabled=progress):
+            train.run_training(config)
+    else:
+        label.run(config, progress_bar=progress)
+
+
+def start_ray() -> None:
+    """An embedded Ray for the stages; the workers' log lines stay in Ray's session folder."""
+    from jobs.ray_entry import init_ray
+
+    init_ray(quiet=True)
+
+
+def trained_checkpoints(stages: Sequence[PlannedStage]) -> dict[str, str]:
+    """Each training stage's checkpoint (``best.pt``, else ``last.pt``), by stage name."""
+    found = {}
+    for stage in stages:
+        if stage.script == "train":
+            path = resolve_checkpoint(stage.outputs["checkpoint"])
+            if path is not None:
+                found[stage.name] = str(path)
+    return found
+
+
+def score(checkpoints: dict[str, str], tests: dict[str, DataSource]) -> dict[str, dict]:
+    """``evaluate_checkpoint`` of each checkpoint on each test set: ``{model: {test: result}}``."""
+    return {
+        name: {test: evaluate_checkpoint(path, source) for test, source in tests.items()}
+        for name, path in checkpoints.items()
+    }
+
+
+def run_local(
+    spec: RunSpec,
+    output: Path,
+    roots: Sequence[Path],
+    tests: dict[str, DataSource],
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> dict:
+    """Plan and run ``spec`` here, then score every trained model on ``tests``.
+
+    Returns:
+        ``stages`` (name, kind, outputs, seconds), ``checkpoints`` and ``scores``
+        (``{model: {test: mIoU}}``); also written to ``<output>/results.json``.
+    """
+    planned = plan_local_run(spec, output, roots)
+    start_ray()
+    seconds = {}
+    for stage in planned:
+        if stage.given:
+            continue
+        echo(f"[{stage.index + 1}/{len(planned)}] {stage.name} ({stage.kind})")
+        started = time.perf_counter()
+        run_stage(stage, progress)
+        seconds[stage.name] = round(time.perf_counter() - started, 1)
+    checkpoints = trained_checkpoints(planned)
+    results = score(checkpoints, tests)
+    summary = {
+        "stages": [
+            {"name": s.name, "kind": s.kind, "outputs": s.outputs, "seconds": seconds.get(s.name)}
+            for s in planned
+        ],
+        "checkpoints": checkpoints,
+        "scores": {m: {t: r["miou"] for t, r in by_test.items()} for m, by_test in results.items()},
+    }
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.json").write_text(json.dumps(summary, indent=2))
+    for model, by_test in summary["scores"].items():
+        shown = ", ".join(f"{t} {100 * v:.1f}" for t, v in by_test.items())
+        echo(f"{model:20s} mIoU {shown}" if shown else model)
+    return summary
+
+
+def parse_test(text: str) -> tuple[str, DataSource]:
+    """``NAME=FORMAT:ROOT[:SPLIT]`` (e.g. ``heldout=cityscapes:data/synth:test``)."""
+    name, _, rest = text.partition("=")
+    parts = rest.split(":")
+    if not name or len(parts) not in (2, 3):
+        raise ValueError(f"--test {text!r}: expected NAME=FORMAT:ROOT[:SPLIT]")
+    split = parts[2] if len(parts) == 3 else "val"
+    return name, DataSource.model_validate({"format": parts[0], "root": parts[1], "split": split})
+
+
+def main(spec_path: str, output: str, roots: Sequence[str], tests: Sequence[str]) -> int:
+    """``selftrain run``: the spec file, the output folder, the data roots, the test sets."""
+    spec = load_config(spec_path, RunSpec)
+    root_paths = [Path(r).expanduser().resolve() for r in roots] or [Path.cwd()]
+    test_sets = dict(parse_test(t) for t in tests)
+    summary = run_local(spec, Path(output).expanduser().resolve(), root_paths, test_sets)
+    print(json.dumps(summary), flush=True)
+    return 0

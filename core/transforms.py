@@ -240,36 +240,26 @@ class RandomApply:
         return f"RandomApply({self.transform!r}, {self.p})"
 
 
-class RandomGrayscale:
-    """Turn the image gray (luma in all three channels) with probability ``p``."""
-
-    def __init__(self, p: float = 0.2) -> None:
-        self.p = p
+class Grayscale:
+    """Turn the image gray: its luma in all three channels."""
 
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Pair:
-        if rng.random() >= self.p:
-            return image, label
         gray = np.clip(np.rint(image.astype(np.float32) @ _LUMA), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2), label
 
     def __repr__(self) -> str:
-        return f"RandomGrayscale({self.p})"
+        return "Grayscale()"
 
 
 class Cutout:
-    """With probability ``p``, blank one random rectangle (sides up to ``max_fraction`` of the
-    image's): the image to 0, the label to ignore, so nothing is learned from the hole."""
+    """Blank one random rectangle (sides up to ``max_fraction`` of the image's): the image to 0,
+    the label to ignore, so nothing is learned from the hole."""
 
-    def __init__(
-        self, p: float = 0.5, max_fraction: float = 0.5, ignore_index: int = IGNORE_INDEX
-    ) -> None:
-        self.p = p
+    def __init__(self, max_fraction: float = 0.5, ignore_index: int = IGNORE_INDEX) -> None:
         self.max_fraction = max_fraction
         self.ignore_index = ignore_index
 
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Pair:
-        if rng.random() >= self.p:
-            return image, label
         h, w = label.shape
         ch = int(rng.integers(1, max(1, round(h * self.max_fraction)) + 1))
         cw = int(rng.integers(1, max(1, round(w * self.max_fraction)) + 1))
@@ -280,7 +270,7 @@ class Cutout:
         return image, label
 
     def __repr__(self) -> str:
-        return f"Cutout({self.p}, {self.max_fraction})"
+        return f"Cutout({self.max_fraction})"
 
 
 def build_strong_transform(strong: StrongAugmentConfig) -> Compose:
@@ -289,9 +279,9 @@ def build_strong_transform(strong: StrongAugmentConfig) -> Compose:
     return Compose(
         [
             RandomApply(ColorJitter(strong.color_jitter), 0.8),
-            RandomGrayscale(strong.grayscale),
+            RandomApply(Grayscale(), strong.grayscale),
             GaussianBlur(strong.blur, (0.1, 2.0)),
-            Cutout(strong.cutout, strong.cutout_max),
+            RandomApply(Cutout(strong.cutout_max), strong.cutout),
         ]
     )
 

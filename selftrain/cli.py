@@ -129,7 +129,13 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="selftrain", description="Distributed self-training for semantic segmentation."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_data_commands(sub)
+    _add_run_commands(sub)
+    return parser
 
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    """synth, models, evaluate, store-info."""
     p = sub.add_parser("synth", help="write synthetic driving scenes in the Cityscapes layout")
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, required=True)
@@ -160,6 +166,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compact", action="store_true")
     p.set_defaults(func=_cmd_store_info)
 
+
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    """serve, run, demo."""
     p = sub.add_parser("serve", help="the control plane: REST API, dashboard, prediction")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -189,7 +198,6 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke run")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     p.set_defaults(func=_cmd_demo)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

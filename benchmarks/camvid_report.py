@@ -1,13 +1,29 @@
-"""The CamVid benchmark's summary: per-variant means over seeds and the markdown report
-(benchmarks/camvid_selftrain.py writes both)."""
+"""The CamVid benchmark's summary: paired deltas per run, per-variant means over seeds, and the
+markdown report (benchmarks/camvid_selftrain.py writes them).
+
+Splits: ``test`` is the held-out sequence (the headline), ``val`` is transductive (its images are
+in the pool the teacher labels), any other name is an ``--extra-test`` split.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-STUDENTS = ("naive_1to1", "centroid_1to1", "centroid_3to1", "centroid_7to1", "centroid_3to1_c2f")
+# Trained after the teacher, in this order; the control (labeled only, the students' settings and
+# budget) comes first: it needs no pseudo labels.
+STUDENTS = (
+    "control",
+    "naive_1to1",
+    "centroid_1to1",
+    "centroid_3to1",
+    "centroid_7to1",
+    "centroid_7to1_c2f",
+    "levers_7to1",
+)
 VARIANTS = ("teacher", *STUDENTS)
-RARE_CLASSES = ("pole", "sign", "fence", "pedestrian", "bicyclist")
+HEADLINE = "test"
+TRANSDUCTIVE = "val"
+RARE_CLASSES = ("pole", "sign", "pedestrian", "bicyclist")
 SHORT_NAMES = {
     "sky": "sky",
     "building": "bldg",
@@ -23,33 +39,93 @@ SHORT_NAMES = {
 }
 
 
+# --- numbers -----------------------------------------------------------------------------------
+
+
+def paired_deltas(record: dict, models: list[dict]) -> dict:
+    """A run's differences to the teacher and the control of its seed (those in ``models``), per
+    split, and its rare classes on the test split against the teacher's."""
+    if "evals" not in record:
+        return {}
+    out: dict = {"rare_miou": rare_mean(record["evals"][HEADLINE]["per_class_iou"])}
+    for reference in ("teacher", "control"):
+        other = next(
+            (
+                m
+                for m in models
+                if m["model"] == reference and m["seed"] == record["seed"] and "evals" in m
+            ),
+            None,
+        )
+        if other is None or other is record or record["model"] == reference:
+            continue
+        out[f"delta_vs_{reference}"] = {
+            split: result["miou"] - other["evals"][split]["miou"]
+            for split, result in record["evals"].items()
+            if split in other["evals"]
+        }
+        if reference == "teacher":
+            mine = record["evals"][HEADLINE]["per_class_iou"]
+            theirs = other["evals"][HEADLINE]["per_class_iou"]
+            rare = {c: difference(mine.get(c), theirs.get(c)) for c in RARE_CLASSES}
+            rare["mean"] = difference(rare_mean(mine), rare_mean(theirs))
+            out["rare_vs_teacher"] = rare
+    return out
+
+
 def aggregate(models: list[dict]) -> dict:
-    """Per variant: mean and spread of mIoU and per-class IoU over seeds, and the paired
-    difference to the teacher of the same seed."""
-    teacher = {m["seed"]: m["miou"] for m in models if m["model"] == "teacher" and "miou" in m}
+    """Per variant: mean and spread over seeds of each split's mIoU and per-class IoU, the mean
+    paired differences to the teacher and the control, and the rare classes against the teacher."""
     out = {}
     for name in VARIANTS:
-        runs = [m for m in models if m["model"] == name and "miou" in m]
+        runs = [m for m in models if m["model"] == name and "evals" in m]
         if not runs:
             continue
-        mious = [m["miou"] for m in runs]
-        classes = runs[0]["per_class_iou"]
-        per_class = {c: nanmean([m["per_class_iou"][c] for m in runs]) for c in classes}
-        deltas = [m["miou"] - teacher[m["seed"]] for m in runs if m["seed"] in teacher]
+        splits = {}
+        for split in runs[0]["evals"]:
+            mious = [m["evals"][split]["miou"] for m in runs]
+            classes = runs[0]["evals"][split]["per_class_iou"]
+            splits[split] = {
+                "miou_mean": float(np.mean(mious)),
+                "miou_std": float(np.std(mious, ddof=1)) if len(mious) > 1 else None,
+                "per_class_iou_mean": {
+                    c: nanmean([m["evals"][split]["per_class_iou"][c] for m in runs])
+                    for c in classes
+                },
+                **{
+                    f"delta_vs_{ref}_mean": nanmean(
+                        [m.get(f"delta_vs_{ref}", {}).get(split) for m in runs]
+                    )
+                    for ref in ("teacher", "control")
+                },
+            }
+        rare_deltas = [m.get("rare_vs_teacher", {}) for m in runs]
         out[name] = {
             "seeds": [m["seed"] for m in runs],
-            "miou_mean": float(np.mean(mious)),
-            "miou_std": float(np.std(mious, ddof=1)) if len(mious) > 1 else None,
-            "delta_vs_teacher_mean": float(np.mean(deltas)) if name != "teacher" else None,
-            "delta_vs_teacher": deltas if name != "teacher" else None,
-            "per_class_iou_mean": per_class,
+            "splits": splits,
+            "rare_miou_mean": nanmean([m.get("rare_miou") for m in runs]),
+            "rare_vs_teacher_mean": {
+                c: nanmean([d.get(c) for d in rare_deltas]) for c in (*RARE_CLASSES, "mean")
+            },
             "pseudo_share": runs[0].get("pseudo_share"),
             "steps": runs[0].get("steps"),
             "train_s_mean": float(np.mean([m["train_s"] for m in runs])),
             "job_wall_s_mean": float(np.mean([m["job_wall_s"] for m in runs])),
-            **{k: runs[0][k] for k in ("centroid_sampling", "pseudo_per_real", "crop_schedule")},
+            "eval_wall_s_mean": float(np.mean([m["eval_wall_s"] for m in runs])),
+            **{
+                k: runs[0].get(k)
+                for k in ("centroid_sampling", "pseudo_per_real", "crop_schedule", "levers")
+            },
         }
     return out
+
+
+def rare_mean(per_class: dict[str, float | None]) -> float | None:
+    return nanmean([per_class.get(c) for c in RARE_CLASSES])
+
+
+def difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
 
 
 def nanmean(values: list[float | None]) -> float | None:
@@ -57,9 +133,16 @@ def nanmean(values: list[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
+# --- markdown ----------------------------------------------------------------------------------
+
+
 def markdown_report(summary: dict) -> str:
-    """Tables for docs/results.md: per variant (mean over seeds), per run, and pseudo labels."""
-    machine = summary["machine"]
+    """Tables for docs/results.md: the headline per variant, per-class IoU per split, the rare
+    classes, every run, the pseudo labels, wall times and the commands."""
+    machine, data = summary["machine"], summary["data"]
+    by_variant = summary["by_variant"]
+    split_names = list(data["eval_splits"])
+    extras = [s for s in split_names if s not in (HEADLINE, TRANSDUCTIVE)]
     lines = [
         f"Scale `{summary['scale']}`, seeds {summary['seeds']}, {machine['date']}, "
         f"git {machine['git']}.",
@@ -68,48 +151,141 @@ def markdown_report(summary: dict) -> str:
         f"end. Whole benchmark {summary['wall_s'] / 60:.1f} min.",
         f"Command: `{summary['command']}`",
         "",
-        "mIoU and per-class IoU (%) on CamVid val (101 images at 180x240, `selftrain evaluate`,",
-        "whole-image inference), mean over seeds; Δ: paired difference to the same seed's teacher;",
-        f"rare: mean IoU of {', '.join(RARE_CLASSES)}; pseudo share: pseudo samples / all samples.",
+        *describe_splits(data),
+        "",
+        "All at 180x240, `selftrain evaluate` with whole-image inference; mIoU and IoU in %, mean",
+        "over seeds (± sd over seeds). Δ T / Δ C: paired difference to the same seed's teacher /",
+        f"control. rare: mean IoU on `test` of {', '.join(RARE_CLASSES)}. pseudo share: pseudo",
+        "samples / all samples. ms+flip: the teacher with multi-scale + flip inference, the",
+        "settings its pseudo labels were made with.",
+        "",
+        f"### Headline: `{HEADLINE}` (held out), with `{TRANSDUCTIVE}` (transductive)",
         "",
     ]
-    by_variant = summary["by_variant"]
-    any_run = next(iter(by_variant.values()), None)
-    classes = list(any_run["per_class_iou_mean"]) if any_run else list(SHORT_NAMES)
-    header = ["model", "centroid", "pseudo:real", "crops", "pseudo share", "steps", "mIoU", "Δ"]
-    header += ["rare"]
-    header += [SHORT_NAMES.get(c, c) for c in classes] + ["train min"]
+    header = ["model", "centroid", "pseudo:real", "crops", "levers", "pseudo share", "steps"]
+    header += [f"**{HEADLINE}** mIoU", "Δ T", "Δ C", "rare", "rare Δ T"]
+    header += [f"{TRANSDUCTIVE} mIoU (transd.)", "Δ T", "Δ C"]
+    for extra in extras:
+        header += [f"{extra} mIoU", "Δ T", "Δ C"]
+    header += ["train min"]
     lines += table_header(header)
     for name, v in by_variant.items():
-        spread = f" ± {100 * v['miou_std']:.1f}" if v["miou_std"] is not None else ""
-        delta = v["delta_vs_teacher_mean"]
         row = [
             name,
-            "-" if name == "teacher" else ("yes" if v["centroid_sampling"] else "no"),
-            "-" if v["pseudo_per_real"] is None else f"{v['pseudo_per_real']:.3g}:1",
+            "-" if v["pseudo_per_real"] is None else ("yes" if v["centroid_sampling"] else "no"),
+            "-" if v["pseudo_per_real"] is None else f"{v['pseudo_per_real']:g}:1",
             v["crop_schedule"],
+            ", ".join(short_lever(lever) for lever in v["levers"] or []) or "-",
             f"{100 * (v['pseudo_share'] or 0):.0f}%",
             str(v["steps"]),
-            f"**{100 * v['miou_mean']:.1f}**{spread}",
-            "" if delta is None else f"{100 * delta:+.1f}",
-            percent(nanmean([v["per_class_iou_mean"].get(c) for c in RARE_CLASSES])),
-            *[percent(v["per_class_iou_mean"][c]) for c in classes],
-            f"{v['train_s_mean'] / 60:.1f}",
         ]
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Every run:", ""]
-    lines += table_header(["model", "seed", "mIoU", "ms+flip mIoU", *classes, "job wall s"])
-    for m in summary["models"]:
-        if "miou" not in m:
-            lines.append(f"| {m['model']} | {m['seed']} | failed: {m.get('error', '')[:80]} |")
+        for split in [HEADLINE, TRANSDUCTIVE, *extras]:
+            s = v["splits"].get(split)
+            if s is None:
+                row += ["n/a", "", ""]
+            else:
+                spread = f" ± {100 * s['miou_std']:.1f}" if s["miou_std"] is not None else ""
+                bold = "**" if split == HEADLINE else ""
+                row += [f"{bold}{100 * s['miou_mean']:.1f}{bold}{spread}"]
+                row += [signed(s["delta_vs_teacher_mean"]), signed(s["delta_vs_control_mean"])]
+            if split == HEADLINE:
+                row += [percent(v["rare_miou_mean"]), signed(v["rare_vs_teacher_mean"]["mean"])]
+        row += [f"{v['train_s_mean'] / 60:.1f}"]
+        lines.append(table_row(row))
+
+    lines += ["", f"### Rare classes on `{HEADLINE}`, against the teacher (IoU, Δ T)", ""]
+    lines += table_header(["model", *[h for c in RARE_CLASSES for h in (SHORT_NAMES[c], "Δ T")]])
+    for name, v in by_variant.items():
+        cells = []
+        for c in RARE_CLASSES:
+            cells += [percent(v["splits"][HEADLINE]["per_class_iou_mean"].get(c))]
+            cells += [signed(v["rare_vs_teacher_mean"].get(c))]
+        lines.append(table_row([name, *cells]))
+
+    for split in split_names:
+        note = {HEADLINE: " (held out)", TRANSDUCTIVE: " (transductive)"}.get(split, " (extra)")
+        lines += ["", f"### Per-class IoU on `{split}`{note}", ""]
+        lines += per_class_table(by_variant, split)
+
+    lines += ["", "### Every run", ""]
+    lines += every_run_table(summary["models"], split_names)
+    lines += ["", *pseudo_label_tables(summary["pseudo_labels"], by_variant)]
+    lines += ["", *wall_times(summary), "", *commands(summary), ""]
+    return "\n".join(lines)
+
+
+def describe_splits(data: dict) -> list[str]:
+    pool = data["pool_images"]
+    lines = [
+        "Splits: labeled "
+        f"{data['labeled_images']} images (`{data['labeled_list']}`); pool "
+        f"{sum(pool.values())} ({pool['train']} train + {pool['val']} val, labels unused); "
+        f"`{HEADLINE}`: sequence {data['test_sequence']}, {data['test_images']} images, in "
+        f"neither; `{TRANSDUCTIVE}`: {data['val_images']} images, all in the pool."
+    ]
+    for name, where in data["eval_splits"].items():
+        if name not in (HEADLINE, TRANSDUCTIVE):
+            lines.append(
+                f"Extra `{name}`: {where['images']} images, {where['format']} "
+                f"`{where['source_root']}` split `{where['source_split']}`, sizes "
+                f"{where['source_sizes_hw']} resized to 180x240."
+            )
+    return lines
+
+
+def per_class_table(by_variant: dict, split: str) -> list[str]:
+    present = {n: v["splits"][split] for n, v in by_variant.items() if split in v["splits"]}
+    if not present:
+        return ["(no runs)"]
+    classes = list(next(iter(present.values()))["per_class_iou_mean"])
+    lines = table_header(["model", "mIoU", *[SHORT_NAMES.get(c, c) for c in classes]])
+    for name, s in present.items():
+        cells = [percent(s["per_class_iou_mean"][c]) for c in classes]
+        lines.append(table_row([name, percent(s["miou_mean"]), *cells]))
+    return lines
+
+
+def every_run_table(models: list[dict], split_names: list[str]) -> list[str]:
+    header = ["model", "seed"]
+    for split in split_names:
+        header += [f"{split}", "Δ T", "Δ C"]
+    header += ["ms+flip test", "ms+flip val", "rare", "steps", "train s", "job wall s", "eval s"]
+    lines = table_header(header)
+    for m in models:
+        if "evals" not in m:
+            lines.append(table_row([m["model"], str(m["seed"]), f"failed: {error_of(m)}"]))
             continue
-        ms = percent(m["miou_multiscale"]) if "miou_multiscale" in m else ""
-        per_class = [percent(m["per_class_iou"][c]) for c in classes]
-        row = [m["model"], str(m["seed"]), percent(m["miou"]), ms, *per_class]
-        lines.append("| " + " | ".join([*row, str(m["job_wall_s"])]) + " |")
-    lines += ["", "Pseudo labels against the pool's ground truth (IoU and pixel share, %):", ""]
+        row = [m["model"], str(m["seed"])]
+        for split in split_names:
+            result = m["evals"].get(split)
+            row += [percent(result["miou"]) if result else "n/a"]
+            row += [
+                signed(m.get(f"delta_vs_{ref}", {}).get(split)) for ref in ("teacher", "control")
+            ]
+        multiscale = m.get("evals_multiscale") or {}
+        row += [percent(multiscale[s]["miou"]) if s in multiscale else "" for s in ("test", "val")]
+        row += [percent(m.get("rare_miou")), str(m["steps"]), str(m["train_s"])]
+        row += [str(m["job_wall_s"]), str(m["eval_wall_s"])]
+        lines.append(table_row(row))
+    return lines
+
+
+def pseudo_label_tables(pseudo_labels: dict, by_variant: dict) -> list[str]:
+    lines = [
+        "### Pseudo labels against the pool's ground truth",
+        "",
+        "The teacher's labels of the pool (multi-scale + flip), IoU and pixel share (%), and the",
+        "centroids per class that centroid sampling draws from. Measured, never trained on.",
+        "",
+    ]
+    if not pseudo_labels:
+        return [*lines, "(no label job ran)"]
+    first = next(iter(pseudo_labels.values()))
+    classes = list(first["per_class_iou"])
     lines += table_header(["seed", "images", "what", "mIoU", *classes])
-    for seed, q in summary["pseudo_labels"].items():
+    for seed, q in pseudo_labels.items():
+        by_split = q.get("images_by_split", {})
+        images = f"{q['images']} ({', '.join(f'{n} {k}' for k, n in sorted(by_split.items()))})"
         rows = [
             ("IoU", percent(q["miou"]), [percent(q["per_class_iou"][c]) for c in classes]),
             ("share, truth", "", [percent(q["truth_pixel_share"][c]) for c in classes]),
@@ -117,15 +293,69 @@ def markdown_report(summary: dict) -> str:
             ("centroids", "", [str(q["centroids_per_class"][c]) for c in classes]),
         ]
         for what, miou, cells in rows:
-            row = [str(seed), str(q["images"]), what, miou, *cells]
-            lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
-    return "\n".join(lines)
+            lines.append(table_row([str(seed), images, what, miou, *cells]))
+    return lines
+
+
+def wall_times(summary: dict) -> list[str]:
+    lines = ["### Wall times (s)", ""]
+    lines += table_header(["what", "seed", "wall s", "of which training", "evaluation"])
+    lines.append(table_row(["data preparation", "", str(summary["data"].get("prepare_s")), "", ""]))
+    for seed, q in summary["pseudo_labels"].items():
+        lines.append(table_row(["label job", str(seed), str(q["wall_s"]), "", ""]))
+    for m in summary["models"]:
+        if "evals" in m:
+            cells = [str(m["job_wall_s"]), str(m["train_s"]), str(m["eval_wall_s"])]
+            lines.append(table_row([m["model"], str(m["seed"]), *cells]))
+    lines.append(table_row(["whole benchmark", "", str(summary["wall_s"]), "", ""]))
+    return lines
+
+
+def commands(summary: dict) -> list[str]:
+    """Every command the benchmark ran, per seed, in order."""
+    lines = ["### Commands", "", "```bash", f"# {summary['command']}"]
+    for seed in summary["seeds"]:
+        lines.append(f"# seed {seed}")
+        runs = [m for m in summary["models"] if m["seed"] == seed]
+        label = summary["pseudo_labels"].get(seed)
+        # The label job ran after the teacher and the control, before the students.
+        last_before_label = "control" if any(m["model"] == "control" for m in runs) else "teacher"
+        for m in runs:
+            if "train_command" in m:
+                lines.append(m["train_command"])
+            for results in (m.get("evals") or {}, m.get("evals_multiscale") or {}):
+                lines += [r["command"] for r in results.values()]
+            if m["model"] == last_before_label and label is not None:
+                lines.append(label["command"])
+    return [*lines, "```"]
+
+
+def short_lever(lever: str) -> str:
+    names = {
+        "pseudo_augment": "strong aug",
+        "real_centroid_sampling": "real centroids",
+        "pseudo_keep_fraction": "keep",
+        "ignore_underpredicted": "ignore under",
+    }
+    key, _, value = lever.partition(" ")
+    return f"{names.get(key, key)} {value}".strip()
+
+
+def error_of(model: dict) -> str:
+    return model.get("error", "")[:80].replace("|", "/").replace("\n", " ")
 
 
 def table_header(columns: list[str]) -> list[str]:
-    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return [table_row(columns), "|" + "---|" * len(columns)]
+
+
+def table_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def signed(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:+.1f}"

@@ -1,26 +1,28 @@
-"""CamVid self-training benchmark (issue 7): teacher -> pseudo labels -> students -> evaluation.
+"""CamVid self-training benchmark, inductive: teacher -> pseudo labels -> students -> evaluation on
+a sequence that no model trained on.
 
-Every step is the real command, run as a subprocess: ``jobs/teacher.py``, ``jobs/label.py``,
-``jobs/student.py`` (Ray Train / Ray Data), then ``selftrain evaluate --json`` on each final
-checkpoint. The configs are the YAML files in ``benchmarks/camvid/`` (the ``full`` scale runs them
-as they are); this script only makes their paths absolute, sets the seed, applies the ``smoke``
-scale's overrides, and writes the config it ran next to the run.
+Every step is the real command, run as a subprocess: ``jobs/train.py`` (Ray Train: teacher,
+control and students), ``jobs/label.py`` (Ray Data), then ``selftrain evaluate --json`` on each
+final checkpoint and evaluation split. The configs are the YAML files in ``benchmarks/camvid/``
+(the ``full`` scale runs them as they are); this script only makes their paths absolute, sets the
+seed, applies the ``smoke`` scale's overrides, and writes the config it ran next to the run.
 
-Data (written once into ``<workdir>/data``):
+Splits (benchmarks/camvid_data.py writes them once into ``<workdir>/data``, all at 180x240):
 
-- ``camvid_180x240/``: CamVid train and val at half resolution (images bilinear, which at exactly
-  half averages 2x2 blocks; labels nearest), in the SegNet layout. Everything trains, labels and is
-  evaluated at 180x240, because no config or CLI option sets a resolution (see docs/results.md).
-- ``pool_180x240/``: the unlabeled pool for the label job, a ``folder`` source of symlinks: the 321
-  train images not in ``benchmarks/camvid/labeled_1of8.txt`` and the 101 val images (their labels
-  are only read to measure the pseudo labels' quality, never for training).
+- ``test`` (the headline): CamVid train's sequence 0006R0, 101 frames, in neither the labeled set
+  nor the pool, so a gain there is a gain on images nobody labeled or pseudo-labeled.
+- labeled: ``benchmarks/camvid/labeled_1of8_inductive.txt``, 33 of the other 266 train frames.
+- pool: the other 233 train frames plus the 101 val frames, labeled by the teacher.
+- ``val``: CamVid val, reported as a transductive column (its images are in the pool).
+- ``--extra-test NAME=FORMAT:ROOT:SPLIT`` (repeatable): more labeled splits, e.g. CamVid's own
+  ``test/`` + ``testannot/`` (``camvid_test=camvid:/data/camvid:test``), converted to 180x240.
 
 Per seed N, ``<workdir>/<scale>/seed<N>/`` holds ``configs/`` (the configs as run), ``runs/``
 (core.runfiles), ``stores/pool.zarr`` (the pseudo labels), ``logs/`` and ``evals/``.
 Prints one JSON line per model, then one JSON summary line; writes ``<workdir>/<scale>/results.md``
-(tables for docs/results.md) and ``summary.json`` there.
+(benchmarks/camvid_report.py) and ``summary.json`` there.
 
-    python benchmarks/camvid_selftrain.py --workdir camvid-bench --scale smoke   # plumbing, minutes
+    python benchmarks/camvid_selftrain.py --workdir camvid-bench --scale smoke   # plumbing
     python benchmarks/camvid_selftrain.py --workdir camvid-bench --scale full --seeds 0,1,2
 """
 
@@ -32,39 +34,40 @@ import math
 import os
 import platform
 import shlex
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
-from camvid_report import STUDENTS, VARIANTS, aggregate, markdown_report
+from camvid_data import (
+    DEFAULT_CAMVID,
+    ExtraTest,
+    is_test_frame,
+    prepare_data,
+    prepare_extra_test,
+)
+from camvid_report import STUDENTS, VARIANTS, aggregate, markdown_report, paired_deltas
 
 from core.configs import LabelJobConfig, TrainJobConfig, load_config, save_config
-from core.datasets import camvid
-from core.io import read_label, write_image, write_label
+from core.io import read_label
 from core.labels import CAMVID
 from core.metrics import ConfusionMatrix
 from core.runfiles import MetricsRow, RunFiles
 from core.store import LabelStore
-from core.transforms import resize_pair
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "benchmarks" / "camvid"
-LABELED_LIST = CONFIG_DIR / "labeled_1of8.txt"
-DEFAULT_CAMVID = REPO.parent / "shared" / "datasets" / "camvid"
-HALF_SIZE = (180, 240)
-DATA_NAME = "camvid_180x240"
-POOL_NAME = "pool_180x240"
 # The smoke scale: same configs, a few steps each and a small pool, to prove the plumbing.
 SMOKE_EPOCHS = 2
 SMOKE_SAMPLES_PER_EPOCH = 16
 SMOKE_POOL_FRACTION = 0.05
+# The teacher is also evaluated with multi-scale + flip inference (the settings its pseudo labels
+# were made with) on these splits.
+MULTISCALE_SPLITS = ("test", "val")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--camvid", type=Path, default=DEFAULT_CAMVID, help="CamVid in the SegNet layout"
     )
+    parser.add_argument(
+        "--extra-test",
+        action="append",
+        default=[],
+        metavar="NAME=FORMAT:ROOT:SPLIT",
+        help="another labeled split every model is evaluated on, converted to 180x240 first; "
+        "FORMAT camvid (ROOT/SPLIT + ROOT/SPLITannot) or folder (ROOT/images + ROOT/labels in "
+        "CamVid train ids), e.g. camvid_test=camvid:/data/camvid:test; repeatable",
+    )
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -93,12 +105,22 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     students = [v for v in STUDENTS if v in variants]
+    try:
+        extras = [ExtraTest.parse(text) for text in args.extra_test]
+    except ValueError as exc:
+        parser.error(f"--extra-test {exc}")
+    if len({e.name for e in extras}) != len(extras):
+        parser.error("--extra-test: each NAME once")
 
     start = time.perf_counter()
     workdir = args.workdir.expanduser().resolve()
     machine = describe_machine()
     log(f"preparing data in {workdir / 'data'}")
     data = prepare_data(args.camvid.expanduser().resolve(), workdir / "data")
+    for extra in extras:
+        log(f"converting extra test split {extra.name} from {extra.root}")
+        data["eval_splits"][extra.name] = prepare_extra_test(extra, workdir / "data")
+    data["prepare_s"] = round(time.perf_counter() - start, 1)
     env = job_environment(args.scale)
     models: list[dict] = []
     pseudo_labels: dict[int, dict] = {}
@@ -112,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             models += records
             if quality is not None:
                 pseudo_labels[seed] = quality
+    for model in models:  # the teacher's delta to the control, which trained after it
+        model.update(paired_deltas(model, models))
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     summary = {
         "scale": args.scale,
@@ -128,85 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         "models": models,
     }
     out_dir = workdir / args.scale
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out_dir / "results.md").write_text(markdown_report(summary))
     log(f"wrote {out_dir / 'results.md'} and summary.json")
     print(json.dumps({k: v for k, v in summary.items() if k != "models"}), flush=True)
     return 1 if any("error" in m for m in models) else 0
-
-
-# --- data ------------------------------------------------------------------------------------
-
-
-def prepare_data(camvid_root: Path, data_dir: Path) -> dict:
-    """Write the half-resolution copy and the unlabeled pool (once) and describe them."""
-    half = data_dir / DATA_NAME
-    pool = data_dir / POOL_NAME
-    build_once(half, lambda tmp: write_half_resolution(camvid_root, tmp))
-    labeled = {Path(p).stem for p in camvid(half, "train").image_paths()} & labeled_stems()
-    build_once(pool, lambda tmp: write_pool(half, tmp, labeled))
-    return {
-        "camvid": str(camvid_root),
-        "half_resolution": str(half),
-        "size_hw": list(HALF_SIZE),
-        "train_images": len(camvid(half, "train")),
-        "val_images": len(camvid(half, "val")),
-        "labeled_list": str(LABELED_LIST.relative_to(REPO)),
-        "labeled_images": len(labeled),
-        "pool": str(pool),
-        "pool_images": {split: len(list((pool / split).iterdir())) for split in ("train", "val")},
-    }
-
-
-def build_once(folder: Path, build: Callable[[Path], None]) -> None:
-    """Build ``folder`` in a temporary sibling and rename it into place, unless it exists.
-
-    The rename is atomic, so two benchmark processes started together (e.g. one per seed) never
-    see a half-written folder, and an interrupted build leaves only a temporary folder behind.
-    """
-    if folder.is_dir():
-        return
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build(tmp)
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp)
-        if not folder.is_dir():
-            raise
-
-
-def labeled_stems() -> set[str]:
-    lines = LABELED_LIST.read_text().splitlines()
-    return {line.split()[0] for line in lines if line.strip() and not line.startswith("#")}
-
-
-def write_half_resolution(source_root: Path, dest_root: Path) -> None:
-    """CamVid train and val at half resolution as PNG (images, and train-id labels with 255 for
-    void, which the camvid loader reads back unchanged)."""
-    for split in ("train", "val"):
-        dataset = camvid(source_root, split)
-        for index in range(len(dataset)):
-            image, label, path = dataset[index]
-            assert label is not None  # CamVid has a label for every image
-            image, label = resize_pair(image, label, HALF_SIZE)
-            stem = Path(path).stem
-            write_image(dest_root / split / f"{stem}.png", image)
-            write_label(dest_root / f"{split}annot" / f"{stem}.png", label)
-
-
-def write_pool(half_root: Path, pool_root: Path, labeled: set[str]) -> None:
-    """Relative symlinks to the unlabeled train images and all val images (a ``folder``
-    source); ``pool_root`` is a sibling of ``half_root``, wherever it is renamed to."""
-    for split in ("train", "val"):
-        folder = pool_root / split
-        folder.mkdir(parents=True)
-        for image in (Path(p) for p in camvid(half_root, split).image_paths()):
-            if image.stem not in labeled:
-                (folder / image.name).symlink_to(
-                    Path("..", "..", half_root.name, split, image.name)
-                )
 
 
 # --- one seed --------------------------------------------------------------------------------
@@ -215,12 +166,30 @@ def write_pool(half_root: Path, pool_root: Path, labeled: set[str]) -> None:
 def run_seed(
     seed: int, seed_dir: Path, scale: str, students: list[str], data: dict, env: dict
 ) -> tuple[list[dict], dict | None]:
-    """Teacher, label job and students of one seed, each evaluated; returns their records and the
-    pseudo labels' quality (None when the teacher or the label job failed)."""
+    """Teacher, control, label job and students of one seed, each evaluated; returns their
+    records and the pseudo labels' quality (None when the teacher or the label job failed).
+
+    The control needs no pseudo labels, so it runs before the label job (and even if it fails);
+    every later record carries its paired deltas to the teacher and the control when printed.
+    """
     for sub in ("configs", "logs", "evals"):
         (seed_dir / sub).mkdir(parents=True, exist_ok=True)
-    records = [train_and_evaluate("teacher", seed, seed_dir, scale, data, env)]
-    if "error" in records[0]:
+    records: list[dict] = []
+
+    def train(name: str) -> dict:
+        record = train_and_evaluate(name, seed, seed_dir, scale, data, env)
+        record.update(paired_deltas(record, records))
+        print(json.dumps(record), flush=True)
+        records.append(record)
+        return record
+
+    teacher = train("teacher")
+    if "control" in students:
+        train("control")
+    if "error" in teacher:
+        return records, None
+    pseudo_students = [name for name in students if name != "control"]
+    if not pseudo_students:
         return records, None
     label_config = resolve_label_config(seed_dir, scale)
     config_path = save_config(label_config, seed_dir / "configs" / "label.yaml")
@@ -235,15 +204,15 @@ def run_seed(
     quality = pseudo_label_quality(label_config.store, Path(data["half_resolution"]))
     quality.update(job=label_result, wall_s=round(label_wall, 1), command=shlex.join(command))
     log(f"seed {seed}: pseudo labels mIoU on the pool {quality['miou']:.3f}")
-    for name in students:
-        records.append(train_and_evaluate(name, seed, seed_dir, scale, data, env))
+    for name in pseudo_students:
+        train(name)
     return records, quality
 
 
 def train_and_evaluate(
     name: str, seed: int, seed_dir: Path, scale: str, data: dict, env: dict
 ) -> dict:
-    """Train one model with its job script, evaluate its last checkpoint, print its JSON line."""
+    """Train one model with its job script and evaluate its last checkpoint on every split."""
     config = resolve_train_config(name, seed, seed_dir, scale)
     config_path = seed_dir / "configs" / f"{name}.yaml"
     files = RunFiles.of(config.storage_path, config.run_name)
@@ -254,7 +223,6 @@ def train_and_evaluate(
         record["error"] = (
             f"{name}: config changed since {files.directory} was trained; use a new --workdir"
         )
-        print(json.dumps(record), flush=True)
         return record
     save_config(config, config_path)
     command = [sys.executable, str(REPO / "jobs" / "train.py"), "--config", str(config_path)]
@@ -265,23 +233,24 @@ def train_and_evaluate(
         record.update(training_figures(files.read_metrics()), job_wall_s=round(wall, 1))
         checkpoint = files.last
         record["checkpoint"] = str(checkpoint)
-        modes = ["whole", "multiscale"] if name == "teacher" else ["whole"]
-        for mode in modes:
-            result, eval_command = evaluate(checkpoint, data["half_resolution"], mode, env)
-            (seed_dir / "evals" / f"{name}_{mode}.json").write_text(json.dumps(result) + "\n")
-            if mode == "whole":
-                record.update(
-                    miou=result["miou"],
-                    pixel_accuracy=result["pixel_accuracy"],
-                    per_class_iou=result["per_class_iou"],
-                    eval_command=eval_command,
-                )
-            else:
-                record["miou_multiscale"] = result["miou"]
-                record["per_class_iou_multiscale"] = result["per_class_iou"]
+        record["evals"], record["evals_multiscale"] = {}, {}
+        eval_start = time.perf_counter()
+        for split, where in data["eval_splits"].items():
+            modes = ["whole"]
+            if name == "teacher" and split in MULTISCALE_SPLITS:
+                modes.append("multiscale")
+            for mode in modes:
+                result = evaluate(checkpoint, where["root"], where["split"], mode, env)
+                out = seed_dir / "evals" / f"{name}_{split}_{mode}.json"
+                out.write_text(json.dumps(result) + "\n")
+                record["evals" if mode == "whole" else "evals_multiscale"][split] = result
+        record["eval_wall_s"] = round(time.perf_counter() - eval_start, 1)
+        # The headline (held-out sequence) and the transductive column, at the top level.
+        record["miou"] = record["evals"]["test"]["miou"]
+        record["miou_val"] = record["evals"]["val"]["miou"]
+        record["per_class_iou"] = record["evals"]["test"]["per_class_iou"]
     except JobError as exc:
         record["error"] = str(exc)
-    print(json.dumps(record), flush=True)
     return record
 
 
@@ -335,10 +304,21 @@ def describe_config(config: TrainJobConfig) -> dict:
         crop_schedule = f"constant {max(schedule.crop_sizes)}"
     else:
         crop_schedule = f"{schedule.kind} [{crops}], warm-up {schedule.warmup_epochs}"
+    levers = []
+    if config.pseudo_augment is not None:
+        levers.append("pseudo_augment")
+    if config.real_centroid_sampling:
+        levers.append("real_centroid_sampling")
+    if config.pseudo_keep_fraction is not None:
+        levers.append(f"pseudo_keep_fraction {config.pseudo_keep_fraction:g}")
+    if config.ignore_underpredicted is not None:
+        levers.append(f"ignore_underpredicted {config.ignore_underpredicted:g}")
+    uses_pseudo = bool(config.pseudo) and config.pseudo_per_real > 0
     return {
-        "centroid_sampling": bool(config.pseudo) and config.centroid_sampling,
-        "pseudo_per_real": config.pseudo_per_real if config.pseudo else None,
+        "centroid_sampling": uses_pseudo and config.centroid_sampling,
+        "pseudo_per_real": config.pseudo_per_real if uses_pseudo else None,
         "crop_schedule": crop_schedule,
+        "levers": levers,
         "epochs": config.epochs,
         "samples_per_epoch": config.samples_per_epoch,
     }
@@ -382,8 +362,9 @@ def run_job(command: list[str], log_path: Path, env: dict) -> tuple[dict, float]
     return result, wall
 
 
-def evaluate(checkpoint: Path, data_root: str, mode: str, env: dict) -> tuple[dict, str]:
-    """``selftrain evaluate --json`` on CamVid val (the half-resolution copy)."""
+def evaluate(checkpoint: Path, data_root: str, split: str, mode: str, env: dict) -> dict:
+    """``selftrain evaluate --json`` on a split in the SegNet layout; its result plus the command
+    and its wall time."""
     command = [
         *selftrain_command(),
         "evaluate",
@@ -394,16 +375,18 @@ def evaluate(checkpoint: Path, data_root: str, mode: str, env: dict) -> tuple[di
         "--root",
         data_root,
         "--split",
-        "val",
+        split,
         "--mode",
         mode,
         "--json",
     ]
+    start = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     result = last_json_line(done.stdout)
     if done.returncode != 0 or result is None:
         raise JobError(f"{shlex.join(command)} failed ({done.returncode}): {done.stderr[-2000:]}")
-    return result, shlex.join(command)
+    wall = round(time.perf_counter() - start, 1)
+    return {**result, "command": shlex.join(command), "wall_s": wall}
 
 
 def selftrain_command() -> list[str]:
@@ -460,8 +443,12 @@ def pseudo_label_quality(store_path: str, half_root: Path) -> dict:
     names = list(store.label_space.names)
     matrix = ConfusionMatrix(len(names), CAMVID.ignore_index)
     done = store.done_indices()
+    by_split: dict[str, int] = {}
     for index in done:
         image = Path(store.image_path(int(index)))
+        if is_test_frame(image.stem):
+            raise RuntimeError(f"{store_path}: the pool holds test frame {image}")
+        by_split[image.parent.name] = by_split.get(image.parent.name, 0) + 1
         truth = half_root / f"{image.parent.name}annot" / f"{image.stem}.png"
         matrix.update(store.label(int(index)), read_label(truth, CAMVID))
     result = matrix.to_dict(names)
@@ -475,6 +462,7 @@ def pseudo_label_quality(store_path: str, half_root: Path) -> dict:
     return {
         "store": store_path,
         "images": int(len(done)),
+        "images_by_split": by_split,
         "miou": result["miou"],
         "per_class_iou": result["per_class_iou"],
         "truth_pixel_share": shares(truth_pixels),
@@ -507,9 +495,6 @@ def describe_machine() -> dict:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
     }
-
-
-# --- markdown --------------------------------------------------------------------------------
 
 
 if __name__ == "__main__":

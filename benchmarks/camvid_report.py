@@ -13,13 +13,25 @@ import numpy as np
 # budget) comes first: it needs no pseudo labels.
 STUDENTS = (
     "control",
+    "control_levers",
+    "control_init",
+    "centroid_7to1",
+    "levers_7to1",
+    "centroid_7to1_init",
+    "levers_7to1_init",
     "naive_1to1",
     "centroid_1to1",
     "centroid_3to1",
-    "centroid_7to1",
     "centroid_7to1_c2f",
-    "levers_7to1",
 )
+# Each student's labeled-only control: the same real samples, start and budget, no pseudo labels.
+# `control` (from scratch, the students' plain settings) trains exactly as the teacher does; the
+# others match students whose real samples are drawn class first or that start from the teacher.
+CONTROL_OF = {
+    "levers_7to1": "control_levers",
+    "centroid_7to1_init": "control_init",
+    "levers_7to1_init": "control_init",
+}
 VARIANTS = ("teacher", *STUDENTS)
 HEADLINE = "test"
 TRANSDUCTIVE = "val"
@@ -42,13 +54,22 @@ SHORT_NAMES = {
 # --- numbers -----------------------------------------------------------------------------------
 
 
+def control_of(model: str) -> str:
+    """The labeled-only control a model is compared with (see ``CONTROL_OF``)."""
+    return CONTROL_OF.get(model, "control")
+
+
+def is_control(model: str) -> bool:
+    return model.startswith("control")
+
+
 def paired_deltas(record: dict, models: list[dict]) -> dict:
     """A run's differences to the teacher and the control of its seed (those in ``models``), per
     split, and its rare classes on the test split against the teacher's."""
     if "evals" not in record:
         return {}
     out: dict = {"rare_miou": rare_mean(record["evals"][HEADLINE]["per_class_iou"])}
-    for reference in ("teacher", "control"):
+    for key, reference in (("teacher", "teacher"), ("control", control_of(record["model"]))):
         other = next(
             (
                 m
@@ -59,7 +80,7 @@ def paired_deltas(record: dict, models: list[dict]) -> dict:
         )
         if other is None or other is record or record["model"] == reference:
             continue
-        out[f"delta_vs_{reference}"] = {
+        out[f"delta_vs_{key}"] = {
             split: result["miou"] - other["evals"][split]["miou"]
             for split, result in record["evals"].items()
             if split in other["evals"]
@@ -318,8 +339,9 @@ def commands(summary: dict) -> list[str]:
         lines.append(f"# seed {seed}")
         runs = [m for m in summary["models"] if m["seed"] == seed]
         label = summary["pseudo_labels"].get(seed)
-        # The label job ran after the teacher and the control, before the students.
-        last_before_label = "control" if any(m["model"] == "control" for m in runs) else "teacher"
+        # The label job ran after the teacher and the controls, before the students.
+        before = [m["model"] for m in runs if m["model"] == "teacher" or is_control(m["model"])]
+        last_before_label = before[-1] if before else "teacher"
         for m in runs:
             if "train_command" in m:
                 lines.append(m["train_command"])

@@ -50,7 +50,14 @@ from camvid_data import (
     prepare_data,
     prepare_extra_test,
 )
-from camvid_report import STUDENTS, VARIANTS, aggregate, markdown_report, paired_deltas
+from camvid_report import (
+    STUDENTS,
+    VARIANTS,
+    aggregate,
+    is_control,
+    markdown_report,
+    paired_deltas,
+)
 
 from core.configs import LabelJobConfig, TrainJobConfig, load_config, save_config
 from core.io import read_label
@@ -184,11 +191,12 @@ def run_seed(
         return record
 
     teacher = train("teacher")
-    if "control" in students:
-        train("control")
+    # Controls need no pseudo labels; they train before the label job.
+    for name in [s for s in students if is_control(s)]:
+        train(name)
     if "error" in teacher:
         return records, None
-    pseudo_students = [name for name in students if name != "control"]
+    pseudo_students = [name for name in students if not is_control(name)]
     if not pseudo_students:
         return records, None
     label_config = resolve_label_config(seed_dir, scale)

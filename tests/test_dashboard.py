@@ -106,6 +106,9 @@ def test_click_through_a_finished_run(live_service, finished_run, browser, scree
     rows = _wait(browser, stage_rows)
     assert [r.get_attribute("data-stage") for r in rows] == ["teacher", "label-0", "student"]
     assert [r.find_element(By.CSS_SELECTOR, ".status").text for r in rows] == ["SUCCEEDED"] * 3
+    # What each training stage trains on, the ratio the paper's way (pseudo samples per real one).
+    kinds = [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows]
+    assert kinds == ["teacher labeled only", "label", "student pseudo:real 1:1, centroid sampling"]
     # The ids Ray ran the jobs under (test_service_e2e asks Ray about the same ids).
     shown_ids = [r.find_element(By.TAG_NAME, "code").text for r in rows]
     stages = ["teacher", "label-0", "student"]

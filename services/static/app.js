@@ -222,6 +222,16 @@ function selectRun(id) {
   });
 }
 
+// What a training stage trains on, from its planned job config (pseudo_per_real counts pseudo
+// samples per real sample, the paper's "pseudo:real").
+function stageTraining(stage) {
+  const config = stage.config;
+  if (!config || stage.kind === "label") return "";
+  if (!config.pseudo || !config.pseudo.length || !config.pseudo_per_real) return "labeled only";
+  const ratio = `pseudo:real ${Number(config.pseudo_per_real.toPrecision(3))}:1`;
+  return config.centroid_sampling ? `${ratio}, centroid sampling` : ratio;
+}
+
 function stageRow(stage) {
   const progress = stage.progress;
   const fraction = progress ? progress.fraction : stage.status === "SUCCEEDED" ? 1 : 0;
@@ -230,7 +240,7 @@ function stageRow(stage) {
     "tr",
     { "data-stage": stage.name },
     el("td", {}, stage.name),
-    el("td", {}, stage.kind),
+    el("td", {}, stage.kind, " ", el("span", { class: "muted" }, stageTraining(stage))),
     el("td", {}, statusBadge(stage.status)),
     el("td", {}, el("div", { class: "bar" }, el("span", { style: `width:${100 * fraction}%` })), " ", progressText),
     el("td", {}, stage.given ? el("span", { class: "muted" }, "given") : el("code", {}, stage.submission_id || "")),

@@ -34,6 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).parent / "ray"
 SIZE = (64, 128)
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+# The job's `python` is this interpreter (with Ray), also when the virtual environment is not
+# activated.
+ENV["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{ENV.get('PATH', '')}"
 ENV.pop("RAY_ADDRESS", None)
 
 pytestmark = [

@@ -323,7 +323,7 @@ def wall_times(summary: dict) -> list[str]:
     lines += table_header(["what", "seed", "wall s", "of which training", "evaluation"])
     lines.append(table_row(["data preparation", "", str(summary["data"].get("prepare_s")), "", ""]))
     for seed, q in summary["pseudo_labels"].items():
-        lines.append(table_row(["label job", str(seed), str(q["wall_s"]), "", ""]))
+        lines.append(table_row(["label job", str(seed), str(q.get("wall_s", "n/a")), "", ""]))
     for m in summary["models"]:
         if "evals" in m:
             cells = [str(m["job_wall_s"]), str(m["train_s"]), str(m["eval_wall_s"])]
@@ -348,7 +348,7 @@ def commands(summary: dict) -> list[str]:
             for results in (m.get("evals") or {}, m.get("evals_multiscale") or {}):
                 lines += [r["command"] for r in results.values()]
             if m["model"] == last_before_label and label is not None:
-                lines.append(label["command"])
+                lines.append(label.get("command", "# (label job: see the first run's log)"))
     return [*lines, "```"]
 
 

@@ -105,6 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         "FORMAT camvid (ROOT/SPLIT + ROOT/SPLITannot) or folder (ROOT/images + ROOT/labels in "
         "CamVid train ids), e.g. camvid_test=camvid:/data/camvid:test; repeatable",
     )
+    parser.add_argument(
+        "--report-from",
+        type=Path,
+        metavar="LOG",
+        help="train nothing: rebuild the report from the JSON records an earlier (perhaps "
+        "stopped) run of this script printed into LOG, for the same --workdir and --scale",
+    )
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -134,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def one_seed(seed: int) -> tuple[list[dict], dict | None]:
         seed_dir = workdir / args.scale / f"seed{seed}"
+        if args.report_from is not None:
+            return records_from_log(args.report_from, seed, seed_dir, data)
         return run_seed(seed, seed_dir, args.scale, students, data, env)
 
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
@@ -165,6 +174,23 @@ def main(argv: list[str] | None = None) -> int:
     log(f"wrote {out_dir / 'results.md'} and summary.json")
     print(json.dumps({k: v for k, v in summary.items() if k != "models"}), flush=True)
     return 1 if any("error" in m for m in models) else 0
+
+
+def records_from_log(
+    log_path: Path, seed: int, seed_dir: Path, data: dict
+) -> tuple[list[dict], dict | None]:
+    """The model records of ``seed`` that an earlier run printed into ``log_path`` (one JSON line
+    each), and its pseudo labels' quality measured again from its store (None without one)."""
+    records = []
+    for line in log_path.read_text().splitlines():
+        if line.startswith('{"model"'):
+            record = json.loads(line)
+            if record.get("seed") == seed and record.get("scale") is not None:
+                records.append(record)
+    store = seed_dir / "stores" / "pool.zarr"
+    if not store.is_dir():
+        return records, None
+    return records, pseudo_label_quality(str(store), Path(data["half_resolution"]))
 
 
 # --- one seed --------------------------------------------------------------------------------

@@ -54,9 +54,16 @@ SHORT_NAMES = {
 # --- numbers -----------------------------------------------------------------------------------
 
 
-def control_of(model: str) -> str:
-    """The labeled-only control a model is compared with (see ``CONTROL_OF``)."""
-    return CONTROL_OF.get(model, "control")
+def control_of(model: str, models: list[dict] | None = None, seed: int | None = None) -> str:
+    """The labeled-only control a model is compared with (see ``CONTROL_OF``). When `control` was
+    not run for ``seed``, the teacher stands in: `control` trains exactly as the teacher does (same
+    settings, seed and sample lists; bitwise the same weights), so running it would only repeat
+    the teacher."""
+    name = CONTROL_OF.get(model, "control")
+    if name == "control" and models is not None:
+        ran = any(m["model"] == "control" and m["seed"] == seed for m in models)
+        return name if ran else "teacher"
+    return name
 
 
 def is_control(model: str) -> bool:
@@ -69,7 +76,8 @@ def paired_deltas(record: dict, models: list[dict]) -> dict:
     if "evals" not in record:
         return {}
     out: dict = {"rare_miou": rare_mean(record["evals"][HEADLINE]["per_class_iou"])}
-    for key, reference in (("teacher", "teacher"), ("control", control_of(record["model"]))):
+    control = control_of(record["model"], models, record["seed"])
+    for key, reference in (("teacher", "teacher"), ("control", control)):
         other = next(
             (
                 m

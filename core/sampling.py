@@ -117,10 +117,13 @@ class EpochSampler:
             raise ConfigError(f"seed must be >= 0, got {seed}")
         self.n_real_images = n_real_images
         # (store, index) of every pseudo-labeled image, the population of whole-image sampling.
-        self.pseudo_images = np.array(
-            [(k, int(i)) for k, indices in enumerate(pseudo_images) for i in indices],
-            dtype=np.int64,
-        ).reshape(-1, 2)
+        self.pseudo_images = np.concatenate(
+            [np.zeros((0, 2), dtype=np.int64)]
+            + [
+                np.column_stack([np.full(len(indices), k), np.asarray(indices)]).astype(np.int64)
+                for k, indices in enumerate(pseudo_images)
+            ]
+        )
         self.centroids = None if centroids is None else CentroidTable(centroids)
         self.real_centroids = None if real_centroids is None else CentroidTable([real_centroids])
         self.seed = seed

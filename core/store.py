@@ -29,6 +29,7 @@ from core.store_layout import (
     DONE,
     FORMAT,
     FORMAT_VERSION,
+    TABLES,
     ImageStatus,
     check_format,
     create_tables,
@@ -42,27 +43,6 @@ from core.store_layout import (
 )
 from core.store_writer import FLUSH_BYTES, ShardWriter
 
-__all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
-    "ImageStatus",
-    "LabelStore",
-    "ShardWriter",
-    "path_taken",
-    "store_info",
-]
-
-_TABLES = (
-    "paths",
-    "status",
-    "size",
-    "reason",
-    "run",
-    "labeled_at",
-    "class_pixels",
-    "centroids",
-    "shard_totals",
-)
 # Shards whose centroid tables are read in one call (a block is padded to its longest table).
 _CENTROID_BLOCK = 64
 
@@ -96,7 +76,7 @@ class LabelStore:
 
     def _open_arrays(self) -> None:
         try:
-            self.tables: dict[str, zarr.Array] = {name: self._group[name] for name in _TABLES}
+            self.tables: dict[str, zarr.Array] = {name: self._group[name] for name in TABLES}
         except KeyError as exc:
             raise StoreError(self.path, f"damaged label store: {exc.args[0]!r} is missing") from exc
         self._image_arrays: dict[str, tuple[zarr.Array, zarr.Array]] = {}
@@ -441,29 +421,37 @@ class LabelStore:
             done = np.intersect1d(done, np.asarray(indices, dtype=np.int64))
         if done.size == 0:
             return np.zeros((0, 5))
-        is_done = np.zeros(self.n_images, dtype=bool)
-        is_done[done] = True
         shards = np.unique(done // self.images_per_shard)
-        parts = [np.zeros((0, 5))]
-        for start in range(0, len(shards), _CENTROID_BLOCK):
-            parts += self._centroid_tables(shards[start : start + _CENTROID_BLOCK])
-        table = np.concatenate(parts)
-        image = np.nan_to_num(table[:, 0], nan=-1).astype(np.int64)
-        table = table[(image >= 0) & is_done[np.maximum(image, 0)]]
-        # Stable: an image's rows keep the order find_centroids gave them.
-        return table[np.argsort(table[:, 0], kind="stable")]
-
-    def _centroid_tables(self, shards: np.ndarray) -> list[np.ndarray]:
-        """The centroid tables of these shards (each its first `CENTROID_ROWS` rows)."""
         totals = self.tables["shard_totals"]
         rows = totals.get_orthogonal_selection((shards, [CENTROID_ROWS]))[:, 0]
-        longest = int(rows.max())
-        if longest == 0:
-            return []
-        block = self.tables["centroids"].get_orthogonal_selection(
-            (shards, slice(0, longest), slice(None))
-        )
-        return [block[k, : int(rows[k])] for k in range(len(shards))]
+        table = np.empty((int(rows.sum()), 5))
+        starts = np.cumsum(rows) - rows
+        for first in range(0, len(shards), _CENTROID_BLOCK):
+            block = slice(first, first + _CENTROID_BLOCK)
+            longest = int(rows[block].max())
+            if longest == 0:
+                continue
+            # One read for the block: its tables padded to the longest.
+            data = self.tables["centroids"].get_orthogonal_selection(
+                (shards[block], slice(0, longest), slice(None))
+            )
+            for k, (count, start) in enumerate(zip(rows[block], starts[block], strict=True)):
+                table[start : start + count] = data[k, :count]
+        return self._rows_of_done_images(table, done)
+
+    def _rows_of_done_images(self, table: np.ndarray, done: np.ndarray) -> np.ndarray:
+        """The rows of ``table`` whose image is done (the others, and NaN rows, a killed writer
+        left), by image index."""
+        is_done = np.zeros(self.n_images + 1, dtype=bool)  # the last entry stands for NaN
+        is_done[done] = True
+        image = np.where(np.isnan(table[:, 0]), self.n_images, table[:, 0]).astype(np.int64)
+        keep = is_done[image]
+        if not keep.all():
+            table = table[np.flatnonzero(keep)]
+        if (np.diff(table[:, 0]) < 0).any():
+            # Stable: an image's rows keep the order find_centroids gave them.
+            table = table[np.argsort(table[:, 0], kind="stable")]
+        return table
 
     def _done_image_arrays(self, index: int) -> tuple[zarr.Array, zarr.Array]:
         self._require_done(index)

@@ -43,8 +43,10 @@ FORMAT_VERSION = 2
 
 # The driver appends paths in blocks; large chunks keep the list to a few files.
 PATHS_CHUNK = 4096
-# Rows per chunk of a shard's centroid table, and its capacity per image on average (only the
-# rows written take space; readers read the first `shard_totals[k, CENTROID_ROWS]` rows).
+# Rows per chunk of a shard's centroid table (a shard of 256 images with up to 16 centroids each
+# is one chunk; a reader decodes whole chunks, so larger ones cost more than their rows), and the
+# table's capacity per image on average (only the rows written take space; readers read the
+# first `shard_totals[k, CENTROID_ROWS]` rows).
 CENTROID_CHUNK_ROWS = 4096
 CENTROIDS_PER_IMAGE_CAPACITY = 4096
 # Columns of `shard_totals` before the per-class counts.
@@ -55,6 +57,9 @@ FILE_PIXELS = 1 << 26
 # Label maps and confidences compress well and are written once: fast zstd.
 IMAGE_COMPRESSOR = ZstdCodec(level=1)
 IMAGE_KINDS = ("labels", "confidence")
+# The per-image and per-shard arrays (LabelStore.tables).
+TABLES = ("paths", "status", "size", "reason", "run", "labeled_at", "class_pixels")
+TABLES += ("centroids", "shard_totals")
 
 
 class ImageStatus(IntEnum):
@@ -81,11 +86,12 @@ def create_tables(group: zarr.Group, num_classes: int, images_per_shard: int) ->
     group.create_array(
         "class_pixels", shape=(0, num_classes), dtype="int64", chunks=(s, num_classes), fill_value=0
     )
+    capacity = s * CENTROIDS_PER_IMAGE_CAPACITY
     group.create_array(
         "centroids",
-        shape=(0, s * CENTROIDS_PER_IMAGE_CAPACITY, 5),
+        shape=(0, capacity, 5),
         dtype="float64",
-        chunks=(1, CENTROID_CHUNK_ROWS, 5),
+        chunks=(1, min(CENTROID_CHUNK_ROWS, capacity), 5),
         fill_value=float("nan"),
     )
     width = 2 + 2 * num_classes

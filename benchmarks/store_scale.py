@@ -1,7 +1,7 @@
 """Label store at scale: files per image, write rate, and what its readers pay, at N images.
 
     python benchmarks/store_scale.py --n 100000
-    python benchmarks/store_scale.py --n 1000000 --dir /scratch   # a disk with room (about 3 GB)
+    python benchmarks/store_scale.py --n 1000000 --dir /scratch   # a disk with room (about 5 GB)
 
 Writes N small label maps (``--size``, 64x128 by default; 19 classes) into a fresh store through
 the store's real write path and the label job's writer layout: ``--writers`` processes (like the

@@ -75,17 +75,29 @@ def n_shards(n_images: int, images_per_shard: int) -> int:
 
 
 def create_tables(group: zarr.Group, num_classes: int, images_per_shard: int) -> None:
-    """The empty per-image and per-shard arrays, and the groups of image arrays, of a new store."""
+    """The empty per-image and per-shard arrays, and the groups of image arrays, of a new store.
+
+    Dimension names let xarray open them (``xr.open_zarr(path)``: one dataset, dims ``image``,
+    ``shard``, ...).
+    """
     s = images_per_shard
-    group.create_array("paths", shape=(0,), dtype=str, chunks=(PATHS_CHUNK,))
-    group.create_array("status", shape=(0,), dtype="uint8", chunks=(s,), fill_value=0)
-    group.create_array("size", shape=(0, 2), dtype="int32", chunks=(s, 2), fill_value=0)
-    group.create_array("reason", shape=(0,), dtype=str, chunks=(s,), fill_value="")
-    group.create_array("run", shape=(0,), dtype="int32", chunks=(s,), fill_value=-1)
-    group.create_array("labeled_at", shape=(0,), dtype="float64", chunks=(s,), fill_value=0.0)
-    group.create_array(
-        "class_pixels", shape=(0, num_classes), dtype="int64", chunks=(s, num_classes), fill_value=0
-    )
+    image = ("image",)
+
+    def column(name: str, dtype: str | type, fill, width: int | None = None, dim: str = "") -> None:
+        shape, chunks, dims = (0,), (s,), image
+        if width is not None:
+            shape, chunks, dims = (0, width), (s, width), ("image", dim)
+        group.create_array(
+            name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill, dimension_names=dims
+        )
+
+    group.create_array("paths", shape=(0,), dtype=str, chunks=(PATHS_CHUNK,), dimension_names=image)
+    column("status", "uint8", 0)
+    column("size", "int32", 0, 2, "side")
+    column("reason", str, "")
+    column("run", "int32", -1)
+    column("labeled_at", "float64", 0.0)
+    column("class_pixels", "int64", 0, num_classes, "class")
     capacity = s * CENTROIDS_PER_IMAGE_CAPACITY
     group.create_array(
         "centroids",
@@ -93,10 +105,16 @@ def create_tables(group: zarr.Group, num_classes: int, images_per_shard: int) ->
         dtype="float64",
         chunks=(1, min(CENTROID_CHUNK_ROWS, capacity), 5),
         fill_value=float("nan"),
+        dimension_names=("shard", "centroid_row", "centroid_field"),
     )
     width = 2 + 2 * num_classes
     group.create_array(
-        "shard_totals", shape=(0, width), dtype="int64", chunks=(1, width), fill_value=0
+        "shard_totals",
+        shape=(0, width),
+        dtype="int64",
+        chunks=(1, width),
+        fill_value=0,
+        dimension_names=("shard", "total"),
     )
     for kind in IMAGE_KINDS:
         group.create_group(kind)
@@ -169,6 +187,7 @@ def open_or_create_image_arrays(
                     shards=(file, height, width),
                     fill_value=fill,
                     compressors=IMAGE_COMPRESSOR,
+                    dimension_names=("image", f"y{height}", f"x{width}"),
                 )
             except ContainsArrayError:
                 array = group[path]

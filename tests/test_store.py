@@ -249,6 +249,10 @@ def test_plain_zarr_reads_the_store(tmp_path):
     assert table[:, :2].tolist() == [[1, 0], [1, 1], [1, 2]]
     # Shard 1 holds image 2 alone: its 2x3 label is in an array of 2x3 images.
     np.testing.assert_array_equal(g["labels/2x3"][2], np.ones((2, 3)))
+    # Dimension names, for xarray (a dimension per height and width, as sizes differ).
+    assert g["status"].metadata.dimension_names == ("image",)
+    assert g["labels/2x3"].metadata.dimension_names == ("image", "y2", "x3")
+    assert g["centroids"].metadata.dimension_names == ("shard", "centroid_row", "centroid_field")
     assert g["centroids"][1, : g["shard_totals"][1, 1]].tolist() == [[2, 1, 0.5, 1, 6]]
 
 

@@ -6,10 +6,11 @@ Both label the same N synthetic images with the same randomly initialized model:
 
 - bare: one process reads each image and runs core.inference.predict_batch on batches of
   same-size images (torch uses every core). No Ray, no store.
-- pipeline: jobs/label.py's run() into a fresh store: Ray Data streams (index, path) rows to
-  the teacher actors, which decode, predict, find centroids and write labels, confidence and
-  centroids into Zarr. Timed from the call to run() to its return, actor start-up included; the
-  local Ray instance itself is started before (its start-up is reported apart).
+- pipeline: jobs/label.py's run() into a fresh store: Ray Data streams one row per shard of the
+  store to the teacher actors, which decode, predict, find centroids and write labels,
+  confidence and centroids into Zarr. Timed from the call to run() to its return, actor
+  start-up included; the local Ray instance itself is started before (its start-up is
+  reported apart).
 
 The two alternate ``--repeats`` times and the best rate of each counts (a shared machine is noisy).
 Prints one JSON line with both rates (images/s) and their ratio, plus the machine.

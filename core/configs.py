@@ -25,6 +25,25 @@ TrainMode = Literal["joint", "pretrain_finetune", "finetune"]
 Role = Literal["teacher", "student"]
 
 
+# Images per shard of a label store unless a label job says otherwise: 256 keeps a store of 10^6
+# images to about 4,000 shards (reading a column is about 4,000 small reads) and the files of a
+# shard of full-HD images to a few hundred MB.
+IMAGES_PER_SHARD = 256
+
+
+def check_images_per_shard(images_per_shard: int) -> int:
+    """``images_per_shard`` when it is a power of two from 1 to 65536.
+
+    Raises:
+        ValueError: It is not.
+    """
+    if not 1 <= images_per_shard <= 65536 or images_per_shard & (images_per_shard - 1):
+        raise ValueError(
+            f"images_per_shard must be a power of two <= 65536, got {images_per_shard}"
+        )
+    return images_per_shard
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -92,6 +111,13 @@ class LabelSettings(StrictModel):
     min_centroid_area: int = Field(default=32, ge=1)
     overwrite: bool = False
     retry_failed: bool = True
+    # Images per shard of a new store (core.store_layout); an existing store keeps its own.
+    images_per_shard: int = IMAGES_PER_SHARD
+
+    @model_validator(mode="after")
+    def _check_shards(self) -> LabelSettings:
+        check_images_per_shard(self.images_per_shard)
+        return self
 
     def inference(self) -> InferenceSettings:
         """The settings among these that shape the labels (see ``InferenceSettings``)."""

@@ -56,3 +56,7 @@ class StoreError(DataError):
 
 class ConfigError(SelfTrainError, ValueError):
     """A configuration value that cannot work (named in the message)."""
+
+
+class StoreVersionError(StoreError):
+    """A label store written in another format version than this code reads."""

@@ -1,9 +1,10 @@
 """What a teacher makes of unlabeled images (hard labels, their confidence and region centroids),
 and the label store a labeling run writes them into.
 
-The label job (jobs/label.py) opens its store with ``open_for_labeling`` on the driver and runs
-``label_batch`` inside its Ray actors; anything else that labels images (a test, a notebook) gets
-the same results.
+The label job (jobs/label.py) opens its store with ``open_for_labeling`` on the driver
+(``LabelingRun``), hands each Ray actor whole shards of the store, and runs ``label_shard`` (which
+calls ``label_batch``) inside the actors; anything else that labels images (a test, a notebook)
+gets the same results.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,10 +23,11 @@ from torch import nn
 
 from core.centroids import find_centroids
 from core.checkpoint import load_checkpoint
-from core.configs import InferenceSettings, LabelJobConfig
+from core.configs import IMAGES_PER_SHARD, InferenceSettings, LabelJobConfig
 from core.datasets import open_source
-from core.errors import StoreError
+from core.errors import DataError, StoreError, StoreVersionError
 from core.inference import predict_batch
+from core.io import read_image
 from core.labels import IGNORE_INDEX, LabelSpace
 from core.store import ImageStatus, LabelStore, path_taken
 
@@ -130,11 +132,13 @@ def open_for_labeling(
     teacher: dict,
     settings: dict,
     overwrite: bool = False,
+    images_per_shard: int = IMAGES_PER_SHARD,
 ) -> LabelStore:
     """The store a labeling run writes into, with every image of ``image_paths`` in its list.
 
     A missing store is created. An existing one is reused when it was made by the same teacher
     (`TEACHER_IDENTITY`) with the same settings, and the images it does not hold yet are appended.
+    Its own ``images_per_shard`` stays (a layout choice, not a label-shaping setting).
 
     Args:
         path: The store.
@@ -142,17 +146,31 @@ def open_for_labeling(
         label_space: The teacher's classes.
         teacher: From `describe_teacher`.
         settings: The inference settings that shape the labels.
-        overwrite: Delete and recreate a store made by another teacher or with other settings.
-            A store of the same teacher is kept either way, so a rerun resumes.
+        overwrite: Delete and recreate a store made by another teacher, with other settings or
+            in an older format version. A store of the same teacher is kept either way, so a
+            rerun resumes.
+        images_per_shard: Images per shard of a store created here.
 
     Raises:
+        StoreVersionError: The store is of another format version and ``overwrite`` is false.
         StoreError: The store was made by another teacher or with other settings and
             ``overwrite`` is false, or ``path`` holds something else.
     """
     path = Path(path)
+
+    def create(replace: bool) -> LabelStore:
+        return LabelStore.create(
+            path, image_paths, None, label_space, teacher, settings, replace, images_per_shard
+        )
+
     if not path_taken(path):
-        return LabelStore.create(path, image_paths, None, label_space, teacher, settings)
-    store = LabelStore.open(path)
+        return create(replace=False)
+    try:
+        store = LabelStore.open(path)
+    except StoreVersionError:
+        if not overwrite:
+            raise
+        return create(replace=True)
     differences = _differences(store, label_space, teacher, settings)
     if differences:
         if not overwrite:
@@ -161,7 +179,7 @@ def open_for_labeling(
                 f"labeled by another teacher or with other settings ({'; '.join(differences)}); "
                 "set overwrite to delete it and label again",
             )
-        return LabelStore.create(path, image_paths, None, label_space, teacher, settings, True)
+        return create(replace=True)
     store.add_images(image_paths)
     return store
 
@@ -185,6 +203,73 @@ def _differences(
 # Outcomes of one image in a labeling run, as the label job's actors report them.
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 Outcome = Literal["done", "failed", "skipped"]
+
+
+def read_image_or_error(path: str) -> np.ndarray | DataError:
+    """The image at ``path``, or the error that says why it cannot be read."""
+    try:
+        return read_image(path)
+    except DataError as exc:
+        return exc
+
+
+def _read_one_by_one(paths: list[str]) -> list[np.ndarray | DataError]:
+    return [read_image_or_error(path) for path in paths]
+
+
+def label_shard(
+    store: LabelStore,
+    shard: int,
+    indices: Sequence[int] | np.ndarray,
+    label_images: Callable[[list[np.ndarray]], list[LabeledImage]],
+    run: int,
+    batch_size: int,
+    read_images: Callable[[list[str]], list[np.ndarray | DataError]] | None = None,
+) -> list[tuple[int, Outcome, str]]:
+    """Label images of one shard and write them as the shard's one writer.
+
+    Images done already are skipped (a shard retried after its actor died, or an image done
+    since the driver listed it). An image that cannot be read becomes a failed image with its
+    reason, not a failed shard. The writer flushes at the end (and as its buffer fills); an
+    exception leaves the images it had not flushed pending.
+
+    Args:
+        store: The store, opened for writing.
+        shard: The shard; ``indices`` must belong to it.
+        indices: The images to label.
+        label_images: Labels a list of images (``label_batch`` with the teacher bound).
+        run: The labeling run.
+        batch_size: Images per call of ``label_images``.
+        read_images: Reads a list of paths (each an image or its DataError); by default one by
+            one with ``read_image_or_error``.
+
+    Returns:
+        ``(index, outcome, reason)`` for each of ``indices``, in order.
+    """
+    indices = [int(i) for i in indices]
+    read_images = read_images or _read_one_by_one
+    done = store.statuses(indices) == ImageStatus.DONE
+    outcomes: dict[int, tuple[Outcome, str]] = {
+        i: (SKIPPED, "") for i, d in zip(indices, done, strict=True) if d
+    }
+    todo = [i for i in indices if i not in outcomes]
+    paths = store.paths_of(todo)
+    with store.shard_writer(shard, run) as writer:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            decoded = read_images(paths[start : start + batch_size])
+            images: dict[int, np.ndarray] = {}
+            for index, result in zip(batch, decoded, strict=True):
+                if isinstance(result, DataError):
+                    writer.mark_failed(index, result.problem)
+                    outcomes[index] = (FAILED, result.problem)
+                else:
+                    images[index] = result
+            results = label_images(list(images.values())) if images else []
+            for index, result in zip(images, results, strict=True):
+                writer.write(index, result.label, result.confidence, result.centroids)
+                outcomes[index] = (DONE, "")
+    return [(i, *outcomes[i]) for i in indices]
 
 
 @dataclass
@@ -226,16 +311,34 @@ class LabelingRun:
             teacher,
             config.inference().identity(),
             config.overwrite,
+            config.images_per_shard,
         )
+        return cls.resume(store, config.model_dump(mode="json"), config.retry_failed)
+
+    @classmethod
+    def resume(cls, store: LabelStore, job_config: dict, retry_failed: bool) -> LabelingRun:
+        """Record a new run on ``store`` and find what it labels: one read of the status column.
+
+        Args:
+            store: The store, with the run's images in its list.
+            job_config: The job's config, recorded with the run.
+            retry_failed: Label failed images again.
+        """
         status = store.statuses()
         # Progress counts from what this run starts with: images done, and failures not retried.
         before = {
             DONE: int((status == ImageStatus.DONE).sum()),
-            FAILED: 0 if config.retry_failed else int((status == ImageStatus.FAILED).sum()),
+            FAILED: 0 if retry_failed else int((status == ImageStatus.FAILED).sum()),
         }
-        todo = store.pending_indices(include_failed=config.retry_failed)
-        number = store.start_run(config.model_dump(mode="json"))
-        return cls(store, number, todo, before)
+        todo = status == ImageStatus.PENDING
+        if retry_failed:
+            todo |= status == ImageStatus.FAILED
+        number = store.start_run(job_config)
+        return cls(store, number, np.flatnonzero(todo), before)
+
+    def shards(self) -> list[tuple[int, np.ndarray]]:
+        """The images to label grouped by shard: ``(shard, its indices)``; one writer each."""
+        return self.store.shards_of(self.todo)
 
     def count(self, outcome: Outcome, publish_every_s: float = 1.0) -> None:
         """Count one image's outcome; publish progress when ``publish_every_s`` has passed."""

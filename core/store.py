@@ -1,95 +1,85 @@
-"""The pseudo-label store: a Zarr v3 group that a teacher's labels are written into, image by image.
+"""The pseudo-label store: a Zarr v3 group that a teacher's labels are written into, shard by shard.
 
 One group per labeling: one teacher, one set of inference settings, a list of images that can grow.
-Each execution of the label job on it is a "run". The layout (documented in docs/store.md):
+Each execution of the label job on it is a "run". The arrays (format version 2) are described in
+core.store_layout and docs/store.md; in short, images are grouped into shards of
+``images_per_shard`` consecutive indices, every per-image array has one chunk per shard, and label
+maps and confidences live in one sharded array per image size. A shard is written by exactly one
+`ShardWriter` (core.store_writer) at a time, status last, so an image counts as done only once
+everything about it is on disk.
 
-    zarr.json            attributes: format, label space, teacher identity, inference settings,
-                         runs, progress (written by the driver only)
-    paths                (n,) str, the image list in a fixed order (driver only)
-    status               (n,) uint8, 0 pending, 1 done, 2 failed; chunk 1, written last for an image
-    size                 (n, 2) int32, (height, width) once the image has been read; chunk (1, 2)
-    reason               (n,) str, why an image failed; chunk 1
-    class_pixels         (n, C) int64, pixels per class of each label map; chunk (1, C)
-    labels/<i>           (H, W) uint8 hard label map of image i (255 = ignore), one chunk
-    confidence/<i>       (H, W) uint8 max softmax x 255 of image i, one chunk
-    centroids/<i>        (k, 4) float64 rows (class, y, x, area) of image i, one chunk
-
-Every chunk belongs to one image, so actors labeling different images never write the same file,
-and an image counts as done only once its status chunk says so: a writer killed half way through an
-image leaves it pending, and the next run labels it again.
+Readers read columns (the done set, the centroid table, per-shard totals) in one read per shard,
+never one per image: at 10^6 images and 256 per shard, that is about 4,000 small reads.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Sequence
-from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
 import zarr
 
+from core.configs import IMAGES_PER_SHARD, check_images_per_shard
 from core.errors import StoreError
 from core.labels import LabelSpace
+from core.store_layout import (
+    CENTROID_ROWS,
+    DONE,
+    FORMAT,
+    FORMAT_VERSION,
+    TABLES,
+    ImageStatus,
+    check_format,
+    create_tables,
+    delete_store,
+    n_shards,
+    open_group,
+    open_or_create_image_arrays,
+    path_taken,
+    resize_tables,
+    size_key,
+)
+from core.store_writer import FLUSH_BYTES, ShardWriter
 
-FORMAT = "selftrain-label-store"
-FORMAT_VERSION = 1
-
-# The driver appends paths in blocks; large chunks keep the list to a few files.
-_PATHS_CHUNK = 4096
-# Failure reasons longer than this are cut (a traceback does not belong in the store).
-_MAX_REASON = 500
-
-
-class ImageStatus(IntEnum):
-    """Where one image stands; the values are what the `status` array holds."""
-
-    PENDING = 0
-    DONE = 1
-    FAILED = 2
+# Shards whose centroid tables are read in one call (a block is padded to its longest table).
+_CENTROID_BLOCK = 64
 
 
 class LabelStore:
     """A label store opened with `LabelStore.create` or `LabelStore.open`.
 
-    Writers: the labeling driver adds images and records runs and progress; actors call `write` and
-    `mark_failed` for the images they were given, never for the same image at the same time.
-    Readers (the student, `selftrain store-info`) use `done_indices`, `label`, `centroids` and
-    `summary`.
+    Writers: the labeling driver adds images and records runs and progress; each shard is written
+    by one `ShardWriter` (`shard_writer`). Readers (the student, `selftrain store-info`, the
+    dashboard) use `done_indices`, `label`, `centroids`, `class_pixels` and `summary`.
+
+    Attributes:
+        path: The store's folder.
+        label_space: The teacher's classes.
+        teacher: The teacher's identity (core.labeling.describe_teacher).
+        settings: The inference settings that shaped the labels.
+        images_per_shard: Images per shard (a power of two, fixed when the store is created).
+        tables: The per-image and per-shard zarr arrays, by name (for `ShardWriter`).
     """
 
     def __init__(self, path: Path, group: zarr.Group) -> None:
         attrs = group.attrs.asdict()
-        if attrs.get("format") != FORMAT:
-            raise StoreError(
-                path, f"not a label store, or one still being created (no format {FORMAT!r})"
-            )
-        if attrs.get("format_version") != FORMAT_VERSION:
-            raise StoreError(
-                path,
-                f"store format version {attrs.get('format_version')} is not the supported "
-                f"version {FORMAT_VERSION}",
-            )
+        check_format(path, attrs)
         self.path = path
         self._group = group
         self.label_space = LabelSpace.from_dict(attrs["label_space"])
         self.teacher: dict = attrs["teacher"]
         self.settings: dict = attrs["settings"]
+        self.images_per_shard = int(attrs["images_per_shard"])
         self._open_arrays()
 
     def _open_arrays(self) -> None:
         try:
-            self._paths = self._group["paths"]
-            self._status = self._group["status"]
-            self._size = self._group["size"]
-            self._reason = self._group["reason"]
-            self._class_pixels = self._group["class_pixels"]
-            self._labels = self._group["labels"]
-            self._confidence = self._group["confidence"]
-            self._centroids = self._group["centroids"]
+            self.tables: dict[str, zarr.Array] = {name: self._group[name] for name in TABLES}
         except KeyError as exc:
             raise StoreError(self.path, f"damaged label store: {exc.args[0]!r} is missing") from exc
+        self._image_arrays: dict[str, tuple[zarr.Array, zarr.Array]] = {}
 
     # ----------------------------------------------------------------------------------------------
     # Creating and opening
@@ -104,6 +94,7 @@ class LabelStore:
         teacher: dict,
         settings: dict,
         overwrite: bool = False,
+        images_per_shard: int = IMAGES_PER_SHARD,
     ) -> LabelStore:
         """Create an empty store holding the list of images to label.
 
@@ -111,24 +102,28 @@ class LabelStore:
             path: A folder that does not exist yet (or an existing store, with ``overwrite``).
             image_paths: The images, in the order they get their indices.
             image_sizes: (height, width) of each image where already known, else ``None``; the
-                actors record sizes as they read the images.
+                writers record sizes as they read the images.
             label_space: The teacher's classes.
             teacher: The teacher's identity (checkpoint, sha256, model name, ...), JSON-able.
             settings: The inference settings that shape the labels (mode, scales, ...), JSON-able.
-            overwrite: Delete an existing store at ``path`` first.
+            overwrite: Delete an existing store at ``path`` first (of any format version).
+            images_per_shard: Images per shard, a power of two (core.store_layout).
 
         Raises:
             StoreError: ``path`` exists and ``overwrite`` is false, or ``path`` holds something
                 that is not a label store (never deleted, even with ``overwrite``).
+            ValueError: ``images_per_shard`` is not a power of two up to 65536.
         """
         path = Path(path)
+        check_images_per_shard(images_per_shard)
         if path_taken(path):
             if not overwrite:
                 raise StoreError(path, "already exists; set overwrite to replace it")
-            _delete_store(path)
+            delete_store(path)
         attributes = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
+            "images_per_shard": images_per_shard,
             "label_space": label_space.to_dict(),
             "class_names": list(label_space.names),
             "ignore_index": label_space.ignore_index,
@@ -139,7 +134,7 @@ class LabelStore:
             "progress": None,
         }
         group = zarr.open_group(str(path), mode="w-", zarr_format=3)
-        _create_arrays(group, label_space.num_classes)
+        create_tables(group, label_space.num_classes, images_per_shard)
         # The attributes are the commit point: a reader that opens the store while it is being
         # created sees "not a label store", never a store without its arrays. (One write:
         # `group.attrs.update` would write zarr.json once per key.)
@@ -153,23 +148,18 @@ class LabelStore:
         """Open an existing store.
 
         Raises:
-            StoreError: Nothing is at ``path``, or it is not a label store of this version.
+            StoreVersionError: It is a label store of another format version (relabel it).
+            StoreError: Nothing is at ``path``, or it is not a label store.
         """
         path = Path(path)
-        if not (path / "zarr.json").is_file():
-            raise StoreError(path, "no label store here (zarr.json not found)")
-        try:
-            group = zarr.open_group(str(path), mode="r" if read_only else "r+", zarr_format=3)
-        except (ValueError, KeyError, FileNotFoundError) as exc:
-            raise StoreError(path, f"not a readable Zarr v3 group ({exc})") from exc
-        return cls(path, group)
+        return cls(path, open_group(path, read_only))
 
     def add_images(
         self,
         image_paths: Sequence[str],
         image_sizes: Sequence[tuple[int, int] | None] | None = None,
     ) -> list[int]:
-        """Append the images not in the store yet (driver only).
+        """Append the images not in the store yet (driver only, while no writer runs).
 
         Paths already in the store are skipped, so the same list can be offered on every run.
 
@@ -188,34 +178,61 @@ class LabelStore:
             return []
         start = self.n_images
         end = start + len(new)
-        # The per-image arrays grow first and `paths` last: n_images is len(paths), so an append cut
+        # Every other array grows first and `paths` last: n_images is len(paths), so an append cut
         # short leaves no image without its rows.
-        self._status.resize((end,))
-        self._size.resize((end, 2))
-        self._reason.resize((end,))
-        self._class_pixels.resize((end, self.label_space.num_classes))
+        resize_tables(self._group, end, self.images_per_shard)
+        self._open_arrays()
         if image_sizes is not None:
-            for offset, position in enumerate(new):
-                if image_sizes[position] is not None:
-                    self._size[start + offset] = image_sizes[position]
-        self._paths.append(np.array([image_paths[p] for p in new], dtype=str))
+            known_sizes = [(start + k, image_sizes[p]) for k, p in enumerate(new)]
+            rows = [(i, s) for i, s in known_sizes if s is not None]
+            if rows:
+                self.tables["size"].set_orthogonal_selection(
+                    (np.array([i for i, _ in rows]), slice(None)), np.array([s for _, s in rows])
+                )
+        self.tables["paths"].append(np.array([image_paths[p] for p in new], dtype=str))
         self._open_arrays()
         return list(range(start, end))
 
     # ----------------------------------------------------------------------------------------------
-    # The image list and per-image status
+    # The image list, shards and per-image status
 
     @property
     def n_images(self) -> int:
-        return int(self._paths.shape[0])
+        return int(self.tables["paths"].shape[0])
+
+    @property
+    def n_shards(self) -> int:
+        return n_shards(self.n_images, self.images_per_shard)
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        """The images of a shard: ``range(first, stop)``."""
+        first = shard * self.images_per_shard
+        return first, min(first + self.images_per_shard, self.n_images)
+
+    def shards_of(self, indices: Sequence[int] | np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """``(shard, its indices among these)`` for each shard that holds any, in shard order."""
+        indices = np.unique(np.asarray(indices, dtype=np.int64))
+        if indices.size == 0:
+            return []
+        shards = indices // self.images_per_shard
+        parts = np.split(indices, np.flatnonzero(np.diff(shards)) + 1)
+        return [(int(part[0] // self.images_per_shard), part) for part in parts]
 
     def image_paths(self) -> list[str]:
         """Every image path, index order."""
-        return [str(p) for p in self._paths[:]] if self.n_images else []
+        return [str(p) for p in self.tables["paths"][:]] if self.n_images else []
 
     def image_path(self, index: int) -> str:
         self._check_index(index)
-        return str(self._paths[index])
+        return str(self.tables["paths"][index])
+
+    def paths_of(self, indices: Sequence[int] | np.ndarray) -> list[str]:
+        """The paths of the given images (one read per chunk of the list, not per image)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size == 0:
+            return []
+        self._check_indices(indices)
+        return [str(p) for p in self.tables["paths"].get_coordinate_selection(indices)]
 
     def image_size(self, index: int) -> tuple[int, int]:
         """(height, width) of an image.
@@ -224,25 +241,24 @@ class LabelStore:
             StoreError: The image has not been read yet (pending, or failed before decoding).
         """
         self._check_index(index)
-        height, width = (int(v) for v in self._size[index])
+        height, width = (int(v) for v in self.tables["size"][index])
         if height == 0:
             raise StoreError(self.path, f"size of image {index} is not known yet")
         return height, width
 
     def status(self, index: int) -> ImageStatus:
         self._check_index(index)
-        return ImageStatus(int(self._status[index]))
+        return ImageStatus(int(self.tables["status"][index]))
 
     def statuses(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Status values (uint8, see `ImageStatus`) of the given images, or of all."""
         if indices is None:
-            return self._status[:] if self.n_images else np.zeros(0, dtype=np.uint8)
+            return self.tables["status"][:] if self.n_images else np.zeros(0, dtype=np.uint8)
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size == 0:
             return np.zeros(0, dtype=np.uint8)
-        for index in (int(indices.min()), int(indices.max())):
-            self._check_index(index)
-        return self._status.get_coordinate_selection(indices)
+        self._check_indices(indices)
+        return self.tables["status"].get_coordinate_selection(indices)
 
     def pending_indices(self, include_failed: bool = True) -> np.ndarray:
         """Indices of the images still to label: pending, and failed ones unless told otherwise."""
@@ -260,8 +276,9 @@ class LabelStore:
         failed = np.flatnonzero(self.statuses() == ImageStatus.FAILED)
         if failed.size == 0:
             return []
-        paths = self.image_paths()
-        return [(int(i), paths[i], str(self._reason[int(i)])) for i in failed]
+        paths = self.paths_of(failed)
+        reasons = self.tables["reason"].get_coordinate_selection(failed)
+        return [(int(i), p, str(r)) for i, p, r in zip(failed, paths, reasons, strict=True)]
 
     def image_record(self, index: int) -> dict:
         """Everything recorded about one image, JSON-able."""
@@ -275,19 +292,28 @@ class LabelStore:
             "run": None,
             "labeled_at": None,
         }
-        height, width = (int(v) for v in self._size[index])
+        height, width = (int(v) for v in self.tables["size"][index])
         if height:
             record["size"] = [height, width]
         if status == ImageStatus.FAILED:
-            record["reason"] = str(self._reason[index])
+            record["reason"] = str(self.tables["reason"][index])
         if status == ImageStatus.DONE:
-            attrs = self._labels[str(index)].attrs
-            record["run"] = attrs.get("run")
-            record["labeled_at"] = attrs.get("labeled_at")
+            record["run"] = int(self.tables["run"][index])
+            record["labeled_at"] = float(self.tables["labeled_at"][index])
         return record
 
     # ----------------------------------------------------------------------------------------------
-    # Writing one image (actors)
+    # Writing (one writer per shard)
+
+    def shard_writer(self, shard: int, run: int = 0, flush_bytes: int = FLUSH_BYTES) -> ShardWriter:
+        """The writer of ``shard``; the caller makes sure it is the shard's only one.
+
+        Args:
+            shard: The shard (images ``shard_range(shard)``).
+            run: The labeling run recorded with each image it writes.
+            flush_bytes: Write out buffered images once this many label and confidence bytes wait.
+        """
+        return ShardWriter(self, shard, run, flush_bytes)
 
     def write(
         self,
@@ -297,72 +323,55 @@ class LabelStore:
         centroids: np.ndarray,
         run: int = 0,
     ) -> None:
-        """Store the teacher's output for one image and mark it done.
+        """Store the teacher's output for one image and mark it done: a writer of its shard for
+        one image (tests and tools; the label job writes whole shards).
 
         Args:
             index: The image.
             label: (H, W) uint8 class ids (``ignore_index`` allowed).
             confidence: (H, W) uint8, max softmax x 255.
             centroids: (k, 4) rows (class, y, x, area) from core.centroids.find_centroids.
-            run: The labeling run writing it (recorded with the label).
+            run: The labeling run writing it.
         """
         self._check_index(index)
-        label, confidence, centroids = self._checked_outputs(index, label, confidence, centroids)
-        counts = np.bincount(label.ravel(), minlength=256)
-        num_classes = self.label_space.num_classes
-        if counts[num_classes : self.label_space.ignore_index].any():
-            raise ValueError(f"image {index}: label holds ids >= {num_classes}")
-        key = str(index)
-        attributes = {"run": run, "labeled_at": time.time()}
-        self._labels.create_array(
-            key,
-            data=label,
-            chunks=label.shape,
-            fill_value=self.label_space.ignore_index,
-            attributes=attributes,
-            overwrite=True,
-        )
-        self._confidence.create_array(
-            key, data=confidence, chunks=confidence.shape, fill_value=0, overwrite=True
-        )
-        self._centroids.create_array(
-            key, data=centroids, chunks=(max(1, len(centroids)), 4), overwrite=True
-        )
-        self._class_pixels[index] = counts[:num_classes]
-        self._size[index] = label.shape
-        self._reason[index] = ""
-        # Written last: an image is done only once everything above is on disk.
-        self._status[index] = ImageStatus.DONE
+        with self.shard_writer(index // self.images_per_shard, run) as writer:
+            writer.write(index, label, confidence, centroids)
 
     def mark_failed(self, index: int, reason: str, size: tuple[int, int] | None = None) -> None:
-        """Record that an image could not be labeled, and why."""
+        """Record that an image could not be labeled, and why (one image; see `write`)."""
         self._check_index(index)
-        self._reason[index] = reason[:_MAX_REASON] or "unknown error"
-        if size is not None:
-            self._size[index] = size
-        self._status[index] = ImageStatus.FAILED
+        with self.shard_writer(index // self.images_per_shard) as writer:
+            writer.mark_failed(index, reason, size)
 
-    def _checked_outputs(
-        self, index: int, label: np.ndarray, confidence: np.ndarray, centroids: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        label = np.asarray(label)
-        confidence = np.asarray(confidence)
-        centroids = np.asarray(centroids, dtype=np.float64)
-        if label.dtype != np.uint8 or label.ndim != 2:
-            raise ValueError(
-                f"image {index}: label must be (H, W) uint8, got {label.dtype} {label.shape}"
-            )
-        if confidence.dtype != np.uint8 or confidence.shape != label.shape:
-            raise ValueError(
-                f"image {index}: confidence must be uint8 {label.shape}, "
-                f"got {confidence.dtype} {confidence.shape}"
-            )
-        if centroids.ndim != 2 or centroids.shape[1] != 4:
-            raise ValueError(f"image {index}: centroids must be (k, 4), got {centroids.shape}")
-        return label, confidence, centroids
+    def image_arrays(
+        self, height: int, width: int, create: bool = False
+    ) -> tuple[zarr.Array, zarr.Array]:
+        """The ``labels`` and ``confidence`` arrays of the images of size ``height x width``.
+
+        Raises:
+            StoreError: No image of that size was written (and ``create`` is false).
+        """
+        key = size_key(height, width)
+        if key not in self._image_arrays:
+            if create:
+                arrays = open_or_create_image_arrays(
+                    self._group,
+                    height,
+                    width,
+                    self.n_images,
+                    self.images_per_shard,
+                    self.label_space.ignore_index,
+                )
+            else:
+                try:
+                    arrays = (self._group[f"labels/{key}"], self._group[f"confidence/{key}"])
+                except KeyError as exc:
+                    raise StoreError(self.path, f"damaged: no arrays for {key} images") from exc
+            self._image_arrays[key] = arrays
+        return self._image_arrays[key]
 
     # ----------------------------------------------------------------------------------------------
-    # Reading labels
+    # Reading labels and centroids
 
     def label(self, index: int, confidence_threshold: float = 0.0) -> np.ndarray:
         """The hard label map of a done image.
@@ -374,41 +383,88 @@ class LabelStore:
         Returns:
             (H, W) uint8 class ids, ``ignore_index`` where ignored.
         """
-        self._require_done(index)
-        label = self._labels[str(index)][...]
+        labels, confidence = self._done_image_arrays(index)
+        label = labels[index]
         if confidence_threshold > 0:
-            confident = self._confidence[str(index)][...] >= confidence_threshold * 255
+            confident = confidence[index] >= confidence_threshold * 255
             label = np.where(confident, label, np.uint8(self.label_space.ignore_index))
         return label
 
     def confidence(self, index: int) -> np.ndarray:
         """(H, W) uint8 teacher confidence (max softmax x 255) of a done image."""
-        self._require_done(index)
-        return self._confidence[str(index)][...]
+        return self._done_image_arrays(index)[1][index]
 
     def image_centroids(self, index: int) -> np.ndarray:
         """(k, 4) float64 rows (class, y, x, area) of a done image."""
         self._require_done(index)
-        return self._centroids[str(index)][...]
+        table = self.centroids(indices=[index])
+        return table[:, 1:]
 
-    def centroids(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-        """The centroids table over done images (all, or those among ``indices``).
+    def centroids(
+        self,
+        indices: Sequence[int] | np.ndarray | None = None,
+        done: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The centroids table over done images (all, or those among ``indices``), read one block
+        of shards at a time.
+
+        Args:
+            indices: Only these images (those of them that are done).
+            done: The done indices, when the caller has just read them (`done_indices`).
 
         Returns:
             (N, 5) float64 rows (image index, class, y, x, area), by image index.
         """
-        done = self.done_indices()
+        if done is None:
+            done = self.done_indices()
         if indices is not None:
             done = np.intersect1d(done, np.asarray(indices, dtype=np.int64))
-        parts = [np.zeros((0, 5))]
-        for index in done:
-            rows = self._centroids[str(int(index))][...]
-            parts.append(np.column_stack([np.full(len(rows), float(index)), rows]))
-        return np.concatenate(parts)
+        if done.size == 0:
+            return np.zeros((0, 5))
+        shards = np.unique(done // self.images_per_shard)
+        totals = self.tables["shard_totals"]
+        rows = totals.get_orthogonal_selection((shards, [CENTROID_ROWS]))[:, 0]
+        table = np.empty((int(rows.sum()), 5))
+        starts = np.cumsum(rows) - rows
+        for first in range(0, len(shards), _CENTROID_BLOCK):
+            block = slice(first, first + _CENTROID_BLOCK)
+            longest = int(rows[block].max())
+            if longest == 0:
+                continue
+            # One read for the block: its tables padded to the longest.
+            data = self.tables["centroids"].get_orthogonal_selection(
+                (shards[block], slice(0, longest), slice(None))
+            )
+            for k, (count, start) in enumerate(zip(rows[block], starts[block], strict=True)):
+                table[start : start + count] = data[k, :count]
+        return self._rows_of_done_images(table, done)
+
+    def _rows_of_done_images(self, table: np.ndarray, done: np.ndarray) -> np.ndarray:
+        """The rows of ``table`` whose image is done (the others, and NaN rows, a killed writer
+        left), by image index."""
+        is_done = np.zeros(self.n_images + 1, dtype=bool)  # the last entry stands for NaN
+        is_done[done] = True
+        image = np.where(np.isnan(table[:, 0]), self.n_images, table[:, 0]).astype(np.int64)
+        keep = is_done[image]
+        if not keep.all():
+            table = table[np.flatnonzero(keep)]
+        if (np.diff(table[:, 0]) < 0).any():
+            # Stable: an image's rows keep the order find_centroids gave them.
+            table = table[np.argsort(table[:, 0], kind="stable")]
+        return table
+
+    def _done_image_arrays(self, index: int) -> tuple[zarr.Array, zarr.Array]:
+        self._require_done(index)
+        height, width = (int(v) for v in self.tables["size"][index])
+        return self.image_arrays(height, width)
 
     def _check_index(self, index: int) -> None:
         if not 0 <= index < self.n_images:
             raise StoreError(self.path, f"image index {index} out of range 0..{self.n_images - 1}")
+
+    def _check_indices(self, indices: np.ndarray) -> None:
+        for index in (int(indices.min()), int(indices.max())):
+            self._check_index(index)
 
     def _require_done(self, index: int) -> None:
         status = self.status(index)
@@ -467,70 +523,63 @@ class LabelStore:
             attributes["runs"] = runs
         self._group.update_attributes(attributes)
 
-    def class_pixels(self, done: np.ndarray | None = None) -> np.ndarray:
-        """(C,) int64 pixels of each class over the done images (``done``: their indices, when
-        the caller has them)."""
-        if done is None:
-            done = self.done_indices()
-        if not len(done):
-            return np.zeros(self.label_space.num_classes, dtype=np.int64)
-        return self._class_pixels.get_orthogonal_selection((done, slice(None))).sum(axis=0)
+    def class_pixels(self) -> np.ndarray:
+        """(C,) int64 pixels of each class over the done images (from the per-shard totals)."""
+        return self._class_totals(self.statuses())[0]
 
     def summary(self) -> dict:
-        """JSON-able summary: counts of images by status, and pixels and centroids per class."""
+        """JSON-able summary: counts of images by status, and pixels and centroids per class.
+
+        Reads the status column and the per-shard totals: one read each per shard.
+        """
         status = self.statuses()
-        done = np.flatnonzero(status == ImageStatus.DONE)
+        counts = np.bincount(status, minlength=len(ImageStatus))
         names = self.label_space.names
-        pixels = self.class_pixels(done)
-        classes = self.centroids()[:, 1].astype(np.int64)
-        centroid_counts = np.bincount(classes, minlength=len(names))[: len(names)]
+        pixels, centroids = self._class_totals(status)
         return {
             "path": str(self.path),
             "n_images": self.n_images,
-            "n_done": int(done.size),
-            "n_failed": int((status == ImageStatus.FAILED).sum()),
-            "n_pending": int((status == ImageStatus.PENDING).sum()),
+            "n_done": int(counts[ImageStatus.DONE]),
+            "n_failed": int(counts[ImageStatus.FAILED]),
+            "n_pending": int(counts[ImageStatus.PENDING]),
+            "images_per_shard": self.images_per_shard,
             "pixels_per_class": {n: int(c) for n, c in zip(names, pixels, strict=True)},
-            "centroids_per_class": {n: int(c) for n, c in zip(names, centroid_counts, strict=True)},
+            "centroids_per_class": {n: int(c) for n, c in zip(names, centroids, strict=True)},
             "teacher": self.teacher,
             "settings": self.settings,
             "progress": self.progress,
         }
 
-
-def _create_arrays(group: zarr.Group, num_classes: int) -> None:
-    """The empty per-image arrays and the groups of per-image label arrays of a new store."""
-    group.create_array("paths", shape=(0,), dtype=str, chunks=(_PATHS_CHUNK,))
-    group.create_array("status", shape=(0,), dtype="uint8", chunks=(1,), fill_value=0)
-    group.create_array("size", shape=(0, 2), dtype="int32", chunks=(1, 2), fill_value=0)
-    group.create_array("reason", shape=(0,), dtype=str, chunks=(1,), fill_value="")
-    group.create_array(
-        "class_pixels",
-        shape=(0, num_classes),
-        dtype="int64",
-        chunks=(1, num_classes),
-        fill_value=0,
-    )
-    for name in ("labels", "confidence", "centroids"):
-        group.create_group(name)
+    def _class_totals(self, status: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(pixels per class, centroids per class) over the done images, summed from the shard
+        totals. A shard whose totals count another number of done images than its status (its
+        writer died between the two writes) is summed from its own rows instead."""
+        num_classes = self.label_space.num_classes
+        pixels = np.zeros(num_classes, dtype=np.int64)
+        centroids = np.zeros(num_classes, dtype=np.int64)
+        if not self.n_images:
+            return pixels, centroids
+        done = status == ImageStatus.DONE
+        done_per_shard = np.bincount(
+            np.flatnonzero(done) // self.images_per_shard, minlength=self.n_shards
+        )
+        totals = self.tables["shard_totals"][:]
+        agree = totals[:, DONE] == done_per_shard
+        pixels += totals[agree, 2 : 2 + num_classes].sum(axis=0)
+        centroids += totals[agree, 2 + num_classes :].sum(axis=0)
+        for shard in np.flatnonzero(~agree):
+            first, stop = self.shard_range(int(shard))
+            shard_done = np.flatnonzero(done[first:stop]) + first
+            if shard_done.size:
+                rows = self.tables["class_pixels"].get_orthogonal_selection(
+                    (shard_done, slice(None))
+                )
+                pixels += rows.sum(axis=0)
+                classes = self.centroids(done=shard_done)[:, 1].astype(np.int64)
+                centroids += np.bincount(classes, minlength=num_classes)[:num_classes]
+        return pixels, centroids
 
 
 def store_info(path: str | Path) -> dict:
     """The summary of the store at ``path`` (what `selftrain store-info` prints)."""
     return LabelStore.open(path, read_only=True).summary()
-
-
-def path_taken(path: Path) -> bool:
-    """Whether ``path`` holds anything: a file, or a folder that is not empty."""
-    return path.is_file() or (path.is_dir() and any(path.iterdir()))
-
-
-def _delete_store(path: Path) -> None:
-    # Only ever delete a label store: an overwrite pointed at the wrong folder must not wipe it.
-    try:
-        LabelStore.open(path, read_only=True)
-    except StoreError as exc:
-        raise StoreError(
-            path, f"exists and is not a label store; not deleting it ({exc.problem})"
-        ) from exc
-    shutil.rmtree(path)

@@ -198,8 +198,11 @@ def open_training_data(config: TrainJobConfig) -> TrainingData:
     if config.real_centroid_sampling or config.ignore_underpredicted is not None:
         stats = labeled_statistics(labeled)
     _set_pseudo_levers(config, pseudo, stats)
+    # The index of each store, read once: its done set, then its centroid table (core.store).
     done = [reader.store.done_indices() for reader in pseudo]
-    centroids = [r.store.centroids() for r in pseudo] if config.centroid_sampling else None
+    centroids = None
+    if config.centroid_sampling:
+        centroids = [r.store.centroids(done=d) for r, d in zip(pseudo, done, strict=True)]
     real_centroids = stats.centroids if config.real_centroid_sampling and stats else None
     sampler = EpochSampler(len(labeled), done, centroids, config.seed, real_centroids)
     val = None

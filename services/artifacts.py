@@ -28,15 +28,16 @@ def store_summary(store: str) -> dict | None:
     """``core.store.store_info`` of a label store plus its class names and colors and when it was
     taken; None while the store does not exist or cannot be read yet (a label job is creating it).
 
-    This reads every labeled image's class counts: call it now and then, not on every poll.
+    This reads the store's status column and per-shard totals (one small read each per shard of
+    the store, about 8,000 at 10^6 images): call it now and then, not on every poll.
     """
-    from core.store import LabelStore, store_info
+    from core.store import LabelStore
 
     if not Path(store).is_dir():
         return None
     try:
-        info = store_info(store)
-        space = LabelStore.open(store, read_only=True).label_space
+        opened = LabelStore.open(store, read_only=True)
+        info, space = opened.summary(), opened.label_space
     except (SelfTrainError, OSError, KeyError, ValueError):
         return None
     summary = _jsonable(info)

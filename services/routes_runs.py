@@ -125,9 +125,10 @@ def pseudo_label_picture(
     """Image ``index`` of the store, its colored pseudo label over it, or the label alone (PNG,
     shrunk to the dashboard's width)."""
     from core.io import read_image
+    from core.store import ImageStatus
 
     store = _open_store(service, run_id, stage_name)
-    if index >= store.n_images or index not in set(store.done_indices().tolist()):
+    if index >= store.n_images or store.status(index) != ImageStatus.DONE:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"image {index} has no pseudo label")
     space = store.label_space
     label = store.label(index)

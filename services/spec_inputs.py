@@ -173,12 +173,12 @@ def _check_crops(
 
 
 def _check_store(store: str, field: str) -> list[tuple[str, str]]:
-    from core.store import store_info
+    from core.store import LabelStore
 
     if not Path(store).is_dir():
         return [(field, f"{store} does not exist")]
     try:
-        store_info(store)
+        LabelStore.open(store, read_only=True)
     except SelfTrainError as exc:
         return [(field, str(exc))]
     return []

@@ -84,6 +84,8 @@ def config_for(teacher, folder, store, **options) -> LabelJobConfig:
         cpus_per_actor=0.5,
         min_centroid_area=4,
         ray_address="local",
+        # Shards of 4: the ten images are three shards, spread over the two actors.
+        images_per_shard=options.pop("images_per_shard", 4),
         **options,
     )
 
@@ -97,6 +99,7 @@ def test_every_image_is_labeled_as_core_predicts(ray_local, teacher, images, tmp
         N_IMAGES,
     )
     store = LabelStore.open(tmp_path / "labels.zarr")
+    assert (store.images_per_shard, store.n_shards) == (4, 3)
     model, _, _ = load_model(teacher)
     expected_paths = sorted(str(p) for p in images.rglob("*.png"))
     assert store.image_paths() == expected_paths
@@ -184,7 +187,8 @@ def test_actor_skips_images_already_done(teacher, tmp_path, one_thread):
     sentinel = np.full((64, 128), 7, np.uint8)
     store.write(0, sentinel, np.zeros_like(sentinel), np.zeros((0, 4)), run=5)
     labeler = TeacherLabeler(config.store, str(teacher), config.inference().identity(), run=6)
-    out = labeler({"index": np.array([0, 1]), "path": np.array([str(p) for p in paths])})
+    out = labeler({"shard": np.array([0]), "indices": np.array([[0, 1]])})
+    assert out["index"].tolist() == [0, 1]
     assert out["outcome"].tolist() == [SKIPPED, DONE]
     store = LabelStore.open(config.store)
     np.testing.assert_array_equal(store.label(0), sentinel)
@@ -216,7 +220,7 @@ def test_multiscale_settings_reach_the_labeler(teacher, tmp_path, one_thread):
         config.store, [str(p) for p in paths], None, CITYSCAPES_TRAIN_IDS, teacher_id, settings
     )
     labeler = TeacherLabeler(config.store, str(teacher), settings, run=0)
-    labeler({"index": np.arange(3), "path": np.array([str(p) for p in paths])})
+    labeler({"shard": np.array([0]), "indices": np.array([np.arange(3)])})
     model, _, _ = load_model(teacher)
     for index, path in enumerate(store.image_paths()):
         label, _ = predict(model, read_image(path), "multiscale", scales=[0.5, 1.0], crop=48)

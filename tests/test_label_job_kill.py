@@ -1,5 +1,6 @@
 """Killing the label job half way (the driver, or an actor) and running it again loses nothing and
-labels no image twice; the result equals an uninterrupted run."""
+labels no image twice; the result equals an uninterrupted run. The store has shards of 4 images, so
+the kill lands between and inside shards: a shard its writer did not finish is labeled again."""
 
 import json
 import os
@@ -64,6 +65,7 @@ def config_for(root: Path, teacher: Path, store: str) -> LabelJobConfig:
         cpus_per_actor=1.0,
         min_centroid_area=4,
         ray_address="local",
+        images_per_shard=4,
     )
 
 

@@ -1,23 +1,27 @@
 import hashlib
 import json
 import multiprocessing
+import os
 
 import numpy as np
 import pytest
 import zarr
 
-from core.errors import StoreError
+from core.errors import StoreError, StoreVersionError
 from core.labeling import describe_teacher, open_for_labeling
 from core.labels import declare_label_space
-from core.store import ImageStatus, LabelStore, store_info
+from core.store import FORMAT, ImageStatus, LabelStore, store_info
 
 SPACE = declare_label_space("toy", ["road", "car", "sky"])
 TEACHER = {"sha256": "aaa", "model_name": "small", "checkpoint": "teacher.pt"}
 SETTINGS = {"mode": "whole", "precision": "fp32", "min_centroid_area": 1}
 
 
-def new_store(tmp_path, paths=("a.png", "b.png", "c.png"), sizes=None) -> LabelStore:
-    return LabelStore.create(tmp_path / "store.zarr", list(paths), sizes, SPACE, TEACHER, SETTINGS)
+def new_store(tmp_path, paths=("a.png", "b.png", "c.png"), sizes=None, per_shard=2) -> LabelStore:
+    """A store whose images are in shards of ``per_shard`` (3 images: shards [0, 1] and [2])."""
+    return LabelStore.create(
+        tmp_path / "store.zarr", list(paths), sizes, SPACE, TEACHER, SETTINGS, False, per_shard
+    )
 
 
 def blocks_label() -> np.ndarray:
@@ -116,20 +120,40 @@ def test_a_failed_image_labeled_later_loses_its_reason(tmp_path):
     assert store.image_record(0)["reason"] is None
 
 
-class DiskFull:
+class StatusDiskFull:
+    """The store's status array, except that writing it fails (the disk filled up)."""
+
+    def __init__(self, status):
+        self.status = status
+
+    def __getitem__(self, key):
+        return self.status[key]
+
     def __setitem__(self, key, value):
         raise OSError("disk full")
 
 
 def test_an_image_is_pending_until_its_status_is_written(tmp_path):
     store = new_store(tmp_path)
-    # The write dies after the label arrays but before the status (the last thing written).
-    store._reason = DiskFull()
+    # The write dies after everything else of the image (labels, centroids, rows, shard totals)
+    # but before the status, the last thing written.
+    store.tables["status"] = StatusDiskFull(store.tables["status"])
     with pytest.raises(OSError, match="disk full"):
         write_blocks(store, 0)
     reopened = LabelStore.open(tmp_path / "store.zarr")
     assert reopened.status(0) == ImageStatus.PENDING
     assert reopened.pending_indices().tolist() == [0, 1, 2]
+    # Never half-counted: the shard's totals already count image 0, its status does not.
+    info = reopened.summary()
+    assert (info["n_done"], info["pixels_per_class"]["road"]) == (0, 0)
+    assert sum(info["centroids_per_class"].values()) == 0
+    assert reopened.centroids().shape == (0, 5)
+    # The next run writes it again, and it counts once.
+    write_blocks(reopened, 0)
+    write_blocks(reopened, 1)
+    info = reopened.summary()
+    assert info["pixels_per_class"] == {"road": 24, "car": 12, "sky": 12}
+    assert reopened.centroids()[:, 0].tolist() == [0, 0, 0, 1, 1, 1]
 
 
 def test_write_checks_shapes_and_ids(tmp_path):
@@ -206,13 +230,30 @@ def test_plain_zarr_reads_the_store(tmp_path):
     # The lines shown in docs/store.md.
     store = new_store(tmp_path)
     write_blocks(store, 1)
+    store.write(2, np.ones((2, 3), np.uint8), np.full((2, 3), 255, np.uint8), [[1, 0.5, 1, 6]])
     g = zarr.open_group(str(tmp_path / "store.zarr"), mode="r")
     assert g.attrs["class_names"] == ["road", "car", "sky"]
     assert g["paths"][:].tolist() == ["a.png", "b.png", "c.png"]
-    assert g["status"][:].tolist() == [0, 1, 0]
-    assert g["size"][1].tolist() == [4, 6]
-    np.testing.assert_array_equal(g["labels/1"][:], blocks_label())
-    assert g["centroids/1"].shape == (3, 4)
+    assert g["status"][:].tolist() == [0, 1, 1]
+    i = 1
+    height, width = g["size"][i]
+    assert (height, width) == (4, 6)
+    np.testing.assert_array_equal(g[f"labels/{height}x{width}"][i], blocks_label())
+    confident = g[f"confidence/{height}x{width}"][i] >= 0.9 * 255
+    assert not confident.any()  # 200 < 229.5
+    s = g.attrs["images_per_shard"]
+    k = i // s
+    rows = g["shard_totals"][k, 1]
+    table = g["centroids"][k, :rows]  # (image, class, y, x, area)
+    table = table[np.isin(table[:, 0], np.flatnonzero(g["status"][:] == 1))]
+    assert table[:, :2].tolist() == [[1, 0], [1, 1], [1, 2]]
+    # Shard 1 holds image 2 alone: its 2x3 label is in an array of 2x3 images.
+    np.testing.assert_array_equal(g["labels/2x3"][2], np.ones((2, 3)))
+    # Dimension names, for xarray (a dimension per height and width, as sizes differ).
+    assert g["status"].metadata.dimension_names == ("image",)
+    assert g["labels/2x3"].metadata.dimension_names == ("image", "y2", "x3")
+    assert g["centroids"].metadata.dimension_names == ("shard", "centroid_row", "centroid_field")
+    assert g["centroids"][1, : g["shard_totals"][1, 1]].tolist() == [[2, 1, 0.5, 1, 6]]
 
 
 def test_create_refuses_an_existing_store_unless_overwrite(tmp_path):
@@ -279,29 +320,148 @@ def test_describe_teacher_hashes_the_checkpoint_file(tmp_path):
     assert (teacher["model_name"], teacher["epoch"]) == ("small", 7)
 
 
-def _write_every_other(path: str, first: int, n: int) -> None:
+def test_a_v1_store_is_refused_with_how_to_relabel(tmp_path):
+    path = tmp_path / "old.zarr"
+    zarr.open_group(str(path), mode="w").update_attributes({"format": FORMAT, "format_version": 1})
+    with pytest.raises(StoreVersionError, match="format version 1.*overwrite: true"):
+        LabelStore.open(path)
+    with pytest.raises(StoreVersionError, match="new store path"):
+        open_for_labeling(path, ["a.png"], SPACE, TEACHER, SETTINGS)
+    # With overwrite the label job replaces it (it is a label store, if an old one).
+    store = open_for_labeling(path, ["a.png"], SPACE, TEACHER, SETTINGS, overwrite=True)
+    assert (store.attributes["format_version"], store.image_paths()) == (2, ["a.png"])
+
+
+def test_shards_hold_consecutive_images(tmp_path):
+    store = new_store(tmp_path, paths=[f"{i}.png" for i in range(7)], per_shard=4)
+    assert (store.n_shards, store.shard_range(0), store.shard_range(1)) == (2, (0, 4), (4, 7))
+    assert [(k, part.tolist()) for k, part in store.shards_of([6, 1, 4, 3])] == [
+        (0, [1, 3]),
+        (1, [4, 6]),
+    ]
+    with pytest.raises(ValueError, match="image 4 is not in shard 0"):
+        store.shard_writer(0).write(4, blocks_label(), blocks_label(), np.zeros((0, 4)))
+    with pytest.raises(StoreError, match="shard 2 out of range"):
+        store.shard_writer(2)
+    with pytest.raises(ValueError, match="power of two"):
+        LabelStore.create(tmp_path / "x.zarr", ["a.png"], None, SPACE, {}, {}, False, 3)
+
+
+def files_under(path) -> list[str]:
+    return sorted(
+        os.path.relpath(os.path.join(folder, name), path)
+        for folder, _, names in os.walk(path)
+        for name in names
+    )
+
+
+def test_a_shard_of_64_images_is_a_few_files(tmp_path):
+    n = 64
+    store = new_store(tmp_path, paths=[f"{i}.png" for i in range(n)], per_shard=n)
+    before = set(files_under(store.path))
+    with store.shard_writer(0) as writer:
+        for i in range(n):
+            label = np.roll(blocks_label(), i, axis=1)
+            writer.write(i, label, np.full((4, 6), 100 + i, np.uint8), [[0, 1.5, 1.0, 12]])
+    # One file each for labels and confidences (64 images of one size), one chunk of each of the
+    # six per-image arrays written (size, class_pixels, run, labeled_at, status; no failure, so
+    # no reason), one of the centroid table and one of the shard totals, and the two arrays' own
+    # zarr.json: 11 files for 64 images.
+    new = sorted(set(files_under(store.path)) - before)
+    assert new == [
+        "centroids/c/0/0/0",
+        "class_pixels/c/0/0",
+        "confidence/4x6/c/0/0/0",
+        "confidence/4x6/zarr.json",
+        "labeled_at/c/0",
+        "labels/4x6/c/0/0/0",
+        "labels/4x6/zarr.json",
+        "run/c/0",
+        "shard_totals/c/0/0",
+        "size/c/0/0",
+        "status/c/0",
+    ]
+    assert store.done_indices().tolist() == list(range(n))
+    np.testing.assert_array_equal(store.label(37), np.roll(blocks_label(), 37, axis=1))
+    assert (store.confidence(63) == 163).all()
+    assert store.summary()["centroids_per_class"] == {"road": 64, "car": 0, "sky": 0}
+
+
+def test_a_writer_flushes_when_its_buffer_fills(tmp_path):
+    store = new_store(tmp_path, paths=[f"{i}.png" for i in range(4)], per_shard=4)
+    # 4x6 label + confidence = 48 bytes per image: a 100-byte buffer flushes every 3rd image.
+    writer = store.shard_writer(0, flush_bytes=100)
+    for i in range(4):
+        writer.write(i, blocks_label(), np.zeros((4, 6), np.uint8), np.zeros((0, 4)))
+    assert LabelStore.open(store.path).done_indices().tolist() == [0, 1, 2]
+    writer.flush()
+    assert LabelStore.open(store.path).done_indices().tolist() == [0, 1, 2, 3]
+
+
+def test_a_writer_that_raises_leaves_its_unflushed_images_pending(tmp_path):
+    store = new_store(tmp_path, paths=[f"{i}.png" for i in range(4)], per_shard=4)
+    with pytest.raises(RuntimeError, match="teacher crashed"), store.shard_writer(0) as writer:
+        writer.write(0, blocks_label(), np.zeros((4, 6), np.uint8), np.zeros((0, 4)))
+        raise RuntimeError("teacher crashed")
+    assert store.statuses().tolist() == [0, 0, 0, 0]
+
+
+def test_a_shard_finished_by_a_second_writer_keeps_the_first_ones_images(tmp_path):
+    # A rerun's writer fills the gaps that a killed one left between done images.
+    store = new_store(tmp_path, paths=[f"{i}.png" for i in range(4)], per_shard=4)
+    for run, images in ((0, (1, 3)), (1, (0, 2))):
+        with store.shard_writer(0, run) as writer:
+            for i in images:
+                confidence = np.full((4, 6), 10 * i, np.uint8)
+                writer.write(i, np.full((4, 6), i % 3, np.uint8), confidence, [[i % 3, i, i, 4]])
+    assert [int(store.confidence(i)[0, 0]) for i in range(4)] == [0, 10, 20, 30]
+    assert [int(store.label(i)[3, 5]) for i in range(4)] == [0, 1, 2, 0]
+    assert [store.image_record(i)["run"] for i in range(4)] == [1, 0, 1, 0]
+    assert store.centroids().tolist() == [
+        [0, 0, 0, 0, 4],
+        [1, 1, 1, 1, 4],
+        [2, 2, 2, 2, 4],
+        [3, 0, 3, 3, 4],
+    ]
+
+
+def _write_one_shard(path: str, shard: int, start) -> None:
     store = LabelStore.open(path)
-    for index in range(first, n, 2):
-        label = np.full((3 + index, 5), index % 3, np.uint8)
-        store.write(index, label, np.full(label.shape, index, np.uint8), np.zeros((0, 4)))
+    start.wait(60)  # both processes write at the same time
+    first, stop = store.shard_range(shard)
+    with store.shard_writer(shard, flush_bytes=200) as writer:  # a flush every few images
+        for index in range(first, stop):
+            # Two sizes, so both writers create and fill the same two size groups at once.
+            label = np.full((3 + index % 2, 5), index % 3, np.uint8)
+            writer.write(
+                index, label, np.full(label.shape, index, np.uint8), [[index % 3, 1, 2, 15]]
+            )
 
 
-def test_two_processes_writing_different_images_at_once(tmp_path):
-    n = 16
-    store = new_store(tmp_path, paths=[f"{i}.png" for i in range(n)])
+def test_two_writers_write_two_shards_at_once(tmp_path):
+    n, per_shard = 32, 16
+    store = new_store(tmp_path, paths=[f"{i}.png" for i in range(n)], per_shard=per_shard)
     context = multiprocessing.get_context("spawn")
+    start = context.Event()
     workers = [
-        context.Process(target=_write_every_other, args=(str(store.path), first, n))
-        for first in (0, 1)
+        context.Process(target=_write_one_shard, args=(str(store.path), shard, start))
+        for shard in (0, 1)
     ]
     for worker in workers:
         worker.start()
+    start.set()
     for worker in workers:
-        worker.join(60)
+        worker.join(120)
         assert worker.exitcode == 0
     store = LabelStore.open(store.path)
     assert store.done_indices().tolist() == list(range(n))
     for index in range(n):
-        assert store.label(index).shape == (3 + index, 5)
+        assert store.label(index).shape == (3 + index % 2, 5)
         assert (store.label(index) == index % 3).all()
         assert (store.confidence(index) == index).all()
+    assert store.centroids()[:, :2].tolist() == [[i, i % 3] for i in range(n)]
+    # Two size groups, each with one file per shard: each file came whole from one writer.
+    assert store.summary()["centroids_per_class"] == {"road": 11, "car": 11, "sky": 10}
+    for kind in ("labels", "confidence"):
+        for key in ("3x5", "4x5"):
+            assert sorted(os.listdir(store.path / kind / key / "c")) == ["0", "1"]

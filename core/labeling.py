@@ -131,6 +131,7 @@ def open_for_labeling(
     label_space: LabelSpace,
     teacher: dict,
     settings: dict,
+    *,
     overwrite: bool = False,
     images_per_shard: int = IMAGES_PER_SHARD,
 ) -> LabelStore:
@@ -310,8 +311,8 @@ class LabelingRun:
             label_space,
             teacher,
             config.inference().identity(),
-            config.overwrite,
-            config.images_per_shard,
+            overwrite=config.overwrite,
+            images_per_shard=config.images_per_shard,
         )
         return cls.resume(store, config.model_dump(mode="json"), config.retry_failed)
 

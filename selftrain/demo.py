@@ -56,8 +56,8 @@ from core.labels import LabelSpace
 from core.plan import LabelStage, PlannedStage, RunSpec, TrainStage, job_config, plan_stages
 from core.store import LabelStore
 from core.synth import write_synthetic_dataset
-from selftrain.local import run_stage, score, start_ray, trained_checkpoints
-from services.spec_inputs import check_spec_data, resolve_spec_paths
+from selftrain.local import plan_local_run, run_stage, score, start_ray, trained_checkpoints
+from services.spec_inputs import resolve_spec_paths
 
 # What run_demo writes into the work folder (and deletes first, so every demo starts fresh).
 DEMO_OUTPUTS = ("data", "runs", "pseudo_labels.png", "results.json")
@@ -375,8 +375,9 @@ def run_demo(
         f"(source + target), {scenes.n_test} + {scenes.n_test} held out",
         lambda: write_demo_data(paths, scenes),
     )
-    # The checks the service makes when a run is created: data exists, crops fit, models known.
-    check_spec_data(resolve_spec_paths(config.run, [paths.workdir]))
+    # Planned again now that the data exists, with the checks the service makes when a run is
+    # created (data exists, crops fit, models known): the same stages as planned above.
+    planned = plan_local_run(config.run, paths.runs, [paths.workdir])
     stages.run("ray", "starting Ray in this process", start_ray)
     for stage in jobs:
         title = _stage_title(stage, scenes)

@@ -15,10 +15,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from core.configs import DataSource, TrainJobConfig, load_config
+from core.errors import ConfigError
 from core.evaluate import evaluate_checkpoint
 from core.plan import PlannedStage, RunSpec, job_config, plan_stages, with_existing_inputs
 from core.runfiles import RunFiles, resolve_checkpoint
+from selftrain.progress import EpochProgress
 from services.spec_inputs import check_spec_data, resolve_spec_paths
 
 
@@ -33,7 +37,6 @@ def plan_local_run(spec: RunSpec, output: Path, roots: Sequence[Path]) -> list[P
 def run_stage(stage: PlannedStage, progress: bool = True) -> None:
     """Run one planned job stage in this process, as the control plane's job would on Ray."""
     from jobs import label, train  # Ray Train and Ray Data are heavy imports
-    from selftrain.progress import EpochProgress
 
     config = job_config(with_existing_inputs(stage))
     if isinstance(config, TrainJobConfig):
@@ -117,9 +120,13 @@ def parse_test(text: str) -> tuple[str, DataSource]:
     name, _, rest = text.partition("=")
     parts = rest.split(":")
     if not name or len(parts) not in (2, 3):
-        raise ValueError(f"--test {text!r}: expected NAME=FORMAT:ROOT[:SPLIT]")
+        raise ConfigError(f"--test {text!r}: expected NAME=FORMAT:ROOT[:SPLIT]")
     split = parts[2] if len(parts) == 3 else "val"
-    return name, DataSource.model_validate({"format": parts[0], "root": parts[1], "split": split})
+    try:
+        source = DataSource.model_validate({"format": parts[0], "root": parts[1], "split": split})
+    except ValidationError as exc:
+        raise ConfigError(f"--test {text!r}: {exc.errors()[0]['msg']}") from exc
+    return name, source
 
 
 def main(spec_path: str, output: str, roots: Sequence[str], tests: Sequence[str]) -> int:

@@ -9,9 +9,11 @@ import sys
 import pytest
 import yaml
 
+from core.errors import ConfigError
 from core.runfiles import RunFiles
 from core.store import LabelStore
 from core.synth import write_synthetic_dataset
+from selftrain.local import parse_test
 
 SIZE = (48, 96)
 TRAIN = {
@@ -76,3 +78,18 @@ def test_two_loops_run_from_one_command_and_every_model_is_kept_and_scored(tmp_p
     for by_test in summary["scores"].values():
         assert 0.0 <= by_test["heldout"] <= 1.0
     assert json.loads((out / "results.json").read_text()) == summary
+
+
+def test_test_sets_are_parsed_and_bad_ones_refused_in_one_line():
+    name, source = parse_test("heldout=cityscapes:data/synth:test")
+    assert (name, source.format, source.root, source.split) == (
+        "heldout",
+        "cityscapes",
+        "data/synth",
+        "test",
+    )
+    assert parse_test("v=camvid:/data/camvid")[1].split == "val"
+    with pytest.raises(ConfigError, match="expected NAME=FORMAT:ROOT"):
+        parse_test("heldout")
+    with pytest.raises(ConfigError, match="'cityscapes', 'cityscapes_coarse'"):
+        parse_test("x=nope:/data")

@@ -20,6 +20,7 @@ from core.errors import ConfigError
 DatasetFormat = Literal["cityscapes", "cityscapes_coarse", "camvid", "folder", "paired"]
 InferenceMode = Literal["whole", "slide", "multiscale"]
 Precision = Literal["fp32", "bf16"]
+LabelLayout = Literal["auto", "staged", "fused"]
 ScheduleKind = Literal["constant", "coarse2fine", "fine2coarse", "coarse2fine+", "fine2coarse+"]
 TrainMode = Literal["joint", "pretrain_finetune", "finetune"]
 Role = Literal["teacher", "student"]
@@ -99,9 +100,19 @@ class LabelSettings(StrictModel):
     """How a teacher labels: what a user chooses for a label job (REST ``label.options``)."""
 
     batch_size: int = Field(default=4, gt=0)
+    # How the label job lays out its work (core.label_shards): "staged" reads and writes in CPU
+    # tasks around teacher actors that only run the model (keeps accelerators busy), "fused" does
+    # every step in the teacher actors (no images move between processes: what suits CPU-only
+    # machines), "auto" stages when the actors hold GPUs.
+    layout: LabelLayout = "auto"
+    # The teacher actors: a pool that grows from min_actors (default: num_actors, a fixed pool)
+    # to num_actors while shards wait for them, each with these GPUs (fractions share one) and CPUs.
     num_actors: int = Field(default=1, gt=0)
+    min_actors: int | None = Field(default=None, gt=0)
     gpus_per_actor: float = Field(default=0.0, ge=0)
     cpus_per_actor: float = Field(default=0.5, gt=0)
+    # CPUs of each read (decode) and write task of the staged layout.
+    cpus_per_task: float = Field(default=0.5, gt=0)
     mode: InferenceMode = "whole"
     scales: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])
     flip: bool = True
@@ -117,7 +128,15 @@ class LabelSettings(StrictModel):
     @model_validator(mode="after")
     def _check_shards(self) -> LabelSettings:
         check_images_per_shard(self.images_per_shard)
+        if self.min_actors is not None and self.min_actors > self.num_actors:
+            raise ValueError(
+                f"min_actors ({self.min_actors}) must not exceed num_actors ({self.num_actors})"
+            )
         return self
+
+    def staged(self) -> bool:
+        """Whether the label job runs as a pipeline of read tasks, model actors and write tasks."""
+        return self.layout == "staged" or (self.layout == "auto" and self.gpus_per_actor > 0)
 
     def inference(self) -> InferenceSettings:
         """The settings among these that shape the labels (see ``InferenceSettings``)."""

@@ -2,9 +2,9 @@
 and the label store a labeling run writes them into.
 
 The label job (jobs/label.py) opens its store with ``open_for_labeling`` on the driver
-(``LabelingRun``), hands each Ray actor whole shards of the store, and runs ``label_shard`` (which
-calls ``label_batch``) inside the actors; anything else that labels images (a test, a notebook)
-gets the same results.
+(``LabelingRun``) and sends whole shards of the store through the steps of core.label_shards, whose
+model step is a ``TeacherPredictor`` (``predict_images``); anything else that labels images (a
+test, a notebook) gets the same results with ``label_batch``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,12 +22,12 @@ import torch
 from torch import nn
 
 from core.centroids import find_centroids
-from core.checkpoint import load_checkpoint
+from core.checkpoint import load_checkpoint, load_model
 from core.configs import IMAGES_PER_SHARD, InferenceSettings, LabelJobConfig
 from core.datasets import open_source
-from core.errors import DataError, StoreError, StoreVersionError
+from core.errors import StoreError, StoreVersionError
 from core.inference import predict_batch
-from core.io import read_image
+from core.label_shards import DONE, FAILED, SKIPPED, Outcome
 from core.labels import IGNORE_INDEX, LabelSpace
 from core.store import ImageStatus, LabelStore, path_taken
 
@@ -47,33 +47,33 @@ class LabeledImage:
     centroids: np.ndarray
 
 
-def label_batch(
+def predict_images(
     model: nn.Module,
     images: list[np.ndarray],
     settings: InferenceSettings,
     device: str | torch.device = "cpu",
     channels_last: bool = False,
-    ignore_index: int = IGNORE_INDEX,
-) -> list[LabeledImage]:
-    """Label ``images`` (uint8 (H, W, 3) RGB, sizes may differ) with ``model``.
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The teacher's hard labels and confidence for ``images`` (uint8 (H, W, 3) RGB, sizes may
+    differ): for each, its (H, W) uint8 label map and (H, W) uint8 confidence (the winning
+    class's probability times 255, rounded).
 
     Images of one size go through the model as one batch; the results come back in input order.
 
     Args:
         model: The teacher, in eval mode, on ``device``.
         images: The images.
-        settings: Inference mode and its options, precision, smallest centroid region.
+        settings: Inference mode and its options, precision.
         device: Where the model runs; on CUDA the uint8 batch is pinned and normalized there.
         channels_last: Run the model in channels-last memory format.
-        ignore_index: The label value that forms no centroid region.
     """
-    results: dict[int, LabeledImage] = {}
+    results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    # Only the options the mode uses are set; predict_batch ignores the others.
+    options = settings.model_dump(include={"scales", "flip", "crop"}, exclude_none=True)
     for group in same_size_groups(images):
         batch = torch.from_numpy(np.stack([images[i] for i in group]))
         if torch.device(device).type == "cuda":
             batch = batch.pin_memory()  # uint8 goes to the GPU asynchronously
-        # Only the options the mode uses are set; predict_batch ignores the others.
-        options = settings.model_dump(include={"scales", "flip", "crop"}, exclude_none=True)
         labels, confidence = predict_batch(
             model,
             batch,
@@ -85,10 +85,52 @@ def label_batch(
         )
         confidence_u8 = confidence.mul(255).round_().to(torch.uint8).numpy()
         for k, index in enumerate(group):
-            label = labels[k].numpy()
-            centroids = find_centroids(label, settings.min_centroid_area, ignore_index)
-            results[index] = LabeledImage(label, confidence_u8[k], centroids)
+            results[index] = (labels[k].numpy(), confidence_u8[k])
     return [results[i] for i in range(len(images))]
+
+
+def label_batch(
+    model: nn.Module,
+    images: list[np.ndarray],
+    settings: InferenceSettings,
+    device: str | torch.device = "cpu",
+    channels_last: bool = False,
+    ignore_index: int = IGNORE_INDEX,
+) -> list[LabeledImage]:
+    """`predict_images` plus each label map's centroids (regions of at least
+    ``settings.min_centroid_area`` pixels; ``ignore_index`` forms none)."""
+    return [
+        LabeledImage(
+            label, confidence, find_centroids(label, settings.min_centroid_area, ignore_index)
+        )
+        for label, confidence in predict_images(model, images, settings, device, channels_last)
+    ]
+
+
+class TeacherPredictor:
+    """A teacher checkpoint loaded once, as a `core.label_shards.Predict`.
+
+    Args:
+        checkpoint: The teacher's checkpoint file.
+        settings: Inference mode and its options, precision.
+        device: ``cpu`` or ``cuda``.
+        channels_last: Run the model in channels-last memory format.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        settings: InferenceSettings,
+        device: str = "cpu",
+        channels_last: bool = False,
+    ) -> None:
+        self.model, _, _ = load_model(checkpoint, device)
+        self.settings = settings
+        self.device = device
+        self.channels_last = channels_last
+
+    def __call__(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return predict_images(self.model, images, self.settings, self.device, self.channels_last)
 
 
 def same_size_groups(images: list[np.ndarray]) -> list[list[int]]:
@@ -201,78 +243,6 @@ def _differences(
     return differences
 
 
-# Outcomes of one image in a labeling run, as the label job's actors report them.
-DONE, FAILED, SKIPPED = "done", "failed", "skipped"
-Outcome = Literal["done", "failed", "skipped"]
-
-
-def read_image_or_error(path: str) -> np.ndarray | DataError:
-    """The image at ``path``, or the error that says why it cannot be read."""
-    try:
-        return read_image(path)
-    except DataError as exc:
-        return exc
-
-
-def _read_one_by_one(paths: list[str]) -> list[np.ndarray | DataError]:
-    return [read_image_or_error(path) for path in paths]
-
-
-def label_shard(
-    store: LabelStore,
-    shard: int,
-    indices: Sequence[int] | np.ndarray,
-    label_images: Callable[[list[np.ndarray]], list[LabeledImage]],
-    run: int,
-    batch_size: int,
-    read_images: Callable[[list[str]], list[np.ndarray | DataError]] | None = None,
-) -> list[tuple[int, Outcome, str]]:
-    """Label images of one shard and write them as the shard's one writer.
-
-    Images done already are skipped (a shard retried after its actor died, or an image done
-    since the driver listed it). An image that cannot be read becomes a failed image with its
-    reason, not a failed shard. The writer flushes at the end (and as its buffer fills); an
-    exception leaves the images it had not flushed pending.
-
-    Args:
-        store: The store, opened for writing.
-        shard: The shard; ``indices`` must belong to it.
-        indices: The images to label.
-        label_images: Labels a list of images (``label_batch`` with the teacher bound).
-        run: The labeling run.
-        batch_size: Images per call of ``label_images``.
-        read_images: Reads a list of paths (each an image or its DataError); by default one by
-            one with ``read_image_or_error``.
-
-    Returns:
-        ``(index, outcome, reason)`` for each of ``indices``, in order.
-    """
-    indices = [int(i) for i in indices]
-    read_images = read_images or _read_one_by_one
-    done = store.statuses(indices) == ImageStatus.DONE
-    outcomes: dict[int, tuple[Outcome, str]] = {
-        i: (SKIPPED, "") for i, d in zip(indices, done, strict=True) if d
-    }
-    todo = [i for i in indices if i not in outcomes]
-    paths = store.paths_of(todo)
-    with store.shard_writer(shard, run) as writer:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            decoded = read_images(paths[start : start + batch_size])
-            images: dict[int, np.ndarray] = {}
-            for index, result in zip(batch, decoded, strict=True):
-                if isinstance(result, DataError):
-                    writer.mark_failed(index, result.problem)
-                    outcomes[index] = (FAILED, result.problem)
-                else:
-                    images[index] = result
-            results = label_images(list(images.values())) if images else []
-            for index, result in zip(images, results, strict=True):
-                writer.write(index, result.label, result.confidence, result.centroids)
-                outcomes[index] = (DONE, "")
-    return [(i, *outcomes[i]) for i in indices]
-
-
 @dataclass
 class LabelingRun:
     """The driver's side of one labeling run: the store, what is left to label, and the counts.
@@ -296,6 +266,7 @@ class LabelingRun:
     counts: dict[str, int] = field(default_factory=lambda: {DONE: 0, FAILED: 0, SKIPPED: 0})
     started: float = field(default_factory=time.perf_counter)
     first_result_s: float | None = None
+    model_s: float = 0.0
     published: float = 0.0
 
     @classmethod
@@ -341,9 +312,11 @@ class LabelingRun:
         """The images to label grouped by shard: ``(shard, its indices)``; one writer each."""
         return self.store.shards_of(self.todo)
 
-    def count(self, outcome: Outcome, publish_every_s: float = 1.0) -> None:
-        """Count one image's outcome; publish progress when ``publish_every_s`` has passed."""
+    def count(self, outcome: Outcome, publish_every_s: float = 1.0, model_s: float = 0.0) -> None:
+        """Count one image's outcome (and its share of the teacher's time in the model); publish
+        progress when ``publish_every_s`` has passed."""
         now = time.perf_counter()
+        self.model_s += model_s
         if self.first_result_s is None:
             self.first_result_s = now - self.started
         self.counts[outcome] += 1
@@ -357,7 +330,8 @@ class LabelingRun:
     def finish(self, state: Literal["finished", "failed"]) -> dict:
         """Record how the run ended; returns its summary: store path, run number, images in the
         store, done and failed overall, labeled, failed and skipped in this run, seconds, seconds
-        until the first result and images per second."""
+        until the first result, seconds the teacher actors spent in the model (all actors
+        together) and images per second."""
         seconds = time.perf_counter() - self.started
         status = self.store.statuses()
         n_done = int((status == ImageStatus.DONE).sum())
@@ -375,5 +349,6 @@ class LabelingRun:
             "skipped": self.counts[SKIPPED],
             "seconds": round(seconds, 3),
             "first_result_s": round(self.first_result_s or 0.0, 3),
+            "model_s": round(self.model_s, 3),
             "images_per_s": round(rate, 3),
         }

@@ -3,19 +3,28 @@
     python jobs/label.py --config label.yaml                       # embedded local Ray
     ray job submit --working-dir . -- python jobs/label.py --config label.yaml   # on a cluster
 
-The driver lists the images, opens (or creates) the store, and streams one row per shard of the
-store (the shard and its images not done yet) through Ray Data to a pool of teacher actors. Each
-actor labels whole shards and writes them into the store itself, as each shard's only writer
-(core.labeling.label_shard), so only small result rows come back to the driver, which counts them
-and publishes progress. Rerunning the same config labels only what is not done.
+The driver lists the images, opens (or creates) the store, and streams one Ray Data row per shard
+of the store (the shard and its images not done yet) through the steps of core.label_shards, in
+one of two layouts (``layout`` in the config):
+
+- staged (the default when the teacher actors hold GPUs): read tasks decode a shard on CPUs, a
+  pool of teacher actors (``min_actors`` to ``num_actors``) only runs the model, write tasks find
+  the centroids and write the shard on CPUs. The accelerators do not wait for decoding or writing,
+  and Ray Data's backpressure bounds the shards in flight, so memory stays flat however many
+  images there are.
+- fused (the default on CPUs): each teacher actor reads, predicts and writes whole shards; no
+  images move between processes.
+
+Either way a shard has one writer, only small result rows come back to the driver, which counts
+them and publishes progress, and rerunning the same config labels only what is not done.
 """
 
 import json
 import os
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
 
@@ -24,10 +33,20 @@ import ray
 import torch
 from tqdm import tqdm
 
-from core.checkpoint import load_model
-from core.configs import InferenceSettings, LabelJobConfig
+from core.configs import LabelJobConfig
 from core.errors import DataError
-from core.labeling import FAILED, LabelingRun, label_batch, label_shard, read_image_or_error
+from core.label_shards import (
+    FAILED,
+    Outcome,
+    Predict,
+    ShardWork,
+    label_shard,
+    predict_shard,
+    read_image_or_error,
+    read_shard,
+    write_shard,
+)
+from core.labeling import LabelingRun, TeacherPredictor
 from core.store import LabelStore
 from jobs.ray_entry import init_ray, parse_config
 
@@ -35,63 +54,93 @@ from jobs.ray_entry import init_ray, parse_config
 PROGRESS_INTERVAL_S = 1.0
 
 
-class TeacherLabeler:
-    """The Ray Data UDF: labels shards, one row (shard, indices) each, into the store.
+@dataclass(frozen=True)
+class ModelStep:
+    """What the teacher actors run: ``make_predictor()`` is called once in each actor and returns
+    the model step (core.label_shards.Predict); each actor holds ``resources`` on top of the
+    config's CPUs and GPUs. By default (`teacher_step`), the config's teacher."""
 
-    One instance per actor; the teacher is loaded once. Returns one small row per image: index,
-    outcome (done, failed, or skipped when the image was already done), reason, seconds.
+    make_predictor: Callable[[], Predict]
+    resources: dict[str, float] = field(default_factory=dict)
+
+
+def teacher_step(config: LabelJobConfig) -> ModelStep:
+    """The config's teacher on the actors' device (CUDA when they hold GPUs)."""
+    device = "cuda" if config.gpus_per_actor > 0 else "cpu"
+    checkpoint = os.path.abspath(config.teacher_checkpoint)
+    return ModelStep(
+        partial(TeacherPredictor, checkpoint, config.inference(), device, config.channels_last)
+    )
+
+
+def _use_cpus(cpus: float) -> int:
+    # Ray gives an actor or task a share of the cores; more torch threads than that only contend.
+    threads = max(1, int(cpus))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _result_rows(results: list[tuple[int, Outcome, str]], work: ShardWork) -> dict[str, np.ndarray]:
+    """One small row per image for the driver; the shard's times are shared among its images."""
+    share = 1 / max(1, len(results))
+    return {
+        "index": np.array([index for index, _, _ in results], dtype=np.int64),
+        "outcome": np.array([outcome for _, outcome, _ in results]),
+        "reason": np.array([reason for _, _, reason in results]),
+        "seconds": np.full(len(results), sum(work.seconds.values()) * share),
+        "model_s": np.full(len(results), work.seconds.get("model", 0.0) * share),
+    }
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+class TeacherLabeler:
+    """The fused layout's Ray Data UDF: reads, labels and writes whole shards, one row (shard,
+    indices) each; returns one small row per image (index, outcome, reason, seconds, model_s).
+
+    Args:
+        store_path: The store, created by the driver.
+        step: The model step; loaded once per actor.
+        run: The labeling run.
+        batch_size: Images per model call.
+        min_centroid_area: Smallest region that gets a centroid.
+        cpus: The actor's CPUs (torch threads, and threads that decode).
     """
 
     def __init__(
         self,
         store_path: str,
-        checkpoint: str,
-        settings: dict,
+        step: ModelStep,
         run: int,
-        batch_size: int = 4,
+        batch_size: int,
+        min_centroid_area: int,
         cpus: float = 1.0,
-        gpus: float = 0.0,
-        channels_last: bool = False,
     ) -> None:
-        # Ray gives an actor a share of the cores; more torch threads than that only contend.
-        self.threads = max(1, int(cpus))
-        torch.set_num_threads(self.threads)
-        device = "cuda" if gpus > 0 else "cpu"
-        model, _, _ = load_model(checkpoint, device)
+        threads = _use_cpus(cpus)
+        self.predict = step.make_predictor()
         self.store = LabelStore.open(store_path)
         self.run = run
         self.batch_size = batch_size
-        self.label_images = partial(
-            label_batch,
-            model,
-            settings=InferenceSettings.model_validate(settings),
-            device=device,
-            channels_last=channels_last,
-            ignore_index=self.store.label_space.ignore_index,
-        )
-        self.decoder = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self.min_centroid_area = min_centroid_area
+        self.decoder = ThreadPoolExecutor(threads) if threads > 1 else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows, seconds = [], []
+        parts = []
         for shard, indices in zip(batch["shard"], batch["indices"], strict=True):
-            start = time.perf_counter()
-            results = label_shard(
+            results, work = label_shard(
                 self.store,
                 int(shard),
                 np.asarray(indices, dtype=np.int64),
-                self.label_images,
+                self.predict,
                 self.run,
                 self.batch_size,
+                self.min_centroid_area,
                 self._decode,
             )
-            rows += results
-            seconds += [(time.perf_counter() - start) / max(1, len(results))] * len(results)
-        return {
-            "index": np.array([index for index, _, _ in rows], dtype=np.int64),
-            "outcome": np.array([outcome for _, outcome, _ in rows]),
-            "reason": np.array([reason for _, _, reason in rows]),
-            "seconds": np.array(seconds, dtype=np.float64),
-        }
+            parts.append(_result_rows(results, work))
+        return _concat(parts)
 
     def _decode(self, paths: list[str]) -> list[np.ndarray | DataError]:
         if self.decoder is None:
@@ -100,8 +149,58 @@ class TeacherLabeler:
         return list(self.decoder.map(read_image_or_error, paths))
 
 
-def run(config: LabelJobConfig, progress_bar: bool = True) -> dict:
+def read_step(batch: dict[str, np.ndarray], store_path: str) -> dict[str, np.ndarray]:
+    """The staged layout's first step (a CPU task): decode the shards of ``batch``."""
+    store = LabelStore.open(store_path, read_only=True)
+    works = [
+        read_shard(store, int(shard), np.asarray(indices, dtype=np.int64)).to_bytes()
+        for shard, indices in zip(batch["shard"], batch["indices"], strict=True)
+    ]
+    return {"shard": batch["shard"], "work": np.array(works, dtype=object)}
+
+
+class TeacherModel:
+    """The staged layout's model step (the teacher actors): predicts decoded shards.
+
+    Args:
+        step: The model step; loaded once per actor.
+        batch_size: Images per model call.
+        cpus: The actor's CPUs (torch threads).
+    """
+
+    def __init__(self, step: ModelStep, batch_size: int, cpus: float = 1.0) -> None:
+        _use_cpus(cpus)
+        self.predict = step.make_predictor()
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        works = [
+            predict_shard(ShardWork.from_bytes(data), self.predict, self.batch_size).to_bytes()
+            for data in batch["work"]
+        ]
+        return {"shard": batch["shard"], "work": np.array(works, dtype=object)}
+
+
+def write_step(
+    batch: dict[str, np.ndarray], store_path: str, run: int, min_centroid_area: int
+) -> dict[str, np.ndarray]:
+    """The staged layout's last step (a CPU task): centroids and writes, one writer per shard."""
+    store = LabelStore.open(store_path)
+    parts = []
+    for data in batch["work"]:
+        work = ShardWork.from_bytes(data)
+        parts.append(_result_rows(write_shard(store, work, run, min_centroid_area), work))
+    return _concat(parts)
+
+
+def run(config: LabelJobConfig, progress_bar: bool = True, step: ModelStep | None = None) -> dict:
     """Label every image of the source that the store does not hold as done yet.
+
+    Args:
+        config: The job.
+        progress_bar: Show a progress bar on stderr.
+        step: What the teacher actors run (default: `teacher_step` of the config). A benchmark
+            puts an emulated accelerator here.
 
     Returns:
         The run's summary (core.labeling.LabelingRun.finish).
@@ -110,12 +209,12 @@ def run(config: LabelJobConfig, progress_bar: bool = True) -> dict:
     state: Literal["finished", "failed"] = "failed"
     try:
         if len(labeling.todo):
-            results = _label_dataset(config, labeling)
+            results = _label_dataset(config, labeling, step or teacher_step(config))
             with tqdm(
                 total=len(labeling.todo), desc="labeling", unit="img", disable=not progress_bar
             ) as bar:
                 for row in results.iter_rows():
-                    labeling.count(str(row["outcome"]), PROGRESS_INTERVAL_S)
+                    labeling.count(str(row["outcome"]), PROGRESS_INTERVAL_S, float(row["model_s"]))
                     if row["outcome"] == FAILED:
                         tqdm.write(f"failed: image {row['index']}: {row['reason']}")
                     bar.update(1)
@@ -125,31 +224,70 @@ def run(config: LabelJobConfig, progress_bar: bool = True) -> dict:
     return summary
 
 
-def _label_dataset(config: LabelJobConfig, labeling: LabelingRun) -> ray.data.Dataset:
+def _label_dataset(
+    config: LabelJobConfig, labeling: LabelingRun, step: ModelStep
+) -> ray.data.Dataset:
     init_ray(config.ray_address)
     # Our own progress bar and the store's progress replace Ray Data's bars.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    # One row per shard: an actor gets whole shards, so no two actors write the same files. One
-    # block per shard too, so the shards spread over the actors.
+    # One row (and one block) per shard: a shard moves through the steps whole, so it has one
+    # writer, and the shards spread over the actors.
     shards = [{"shard": shard, "indices": part.tolist()} for shard, part in labeling.shards()]
     rows = ray.data.from_items(shards, override_num_blocks=len(shards))
-    return rows.map_batches(
-        TeacherLabeler,
+    store_path = str(labeling.store.path)
+    actors = ray.data.ActorPoolStrategy(
+        min_size=config.min_actors or config.num_actors, max_size=config.num_actors
+    )
+    actor_resources = {
+        "num_cpus": config.cpus_per_actor,
+        "num_gpus": config.gpus_per_actor,
+        **({"resources": step.resources} if step.resources else {}),
+    }
+    if not config.staged():
+        return rows.map_batches(
+            TeacherLabeler,
+            fn_constructor_kwargs={
+                "store_path": store_path,
+                "step": step,
+                "run": labeling.number,
+                "batch_size": config.batch_size,
+                "min_centroid_area": config.min_centroid_area,
+                "cpus": config.cpus_per_actor,
+            },
+            batch_size=1,
+            batch_format="numpy",
+            compute=actors,
+            **actor_resources,
+        )
+    decoded = rows.map_batches(
+        read_step,
+        fn_kwargs={"store_path": store_path},
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=config.cpus_per_task,
+    )
+    predicted = decoded.map_batches(
+        TeacherModel,
         fn_constructor_kwargs={
-            "store_path": str(labeling.store.path),
-            "checkpoint": os.path.abspath(config.teacher_checkpoint),
-            "settings": config.inference().identity(),
-            "run": labeling.number,
+            "step": step,
             "batch_size": config.batch_size,
             "cpus": config.cpus_per_actor,
-            "gpus": config.gpus_per_actor,
-            "channels_last": config.channels_last,
         },
         batch_size=1,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=config.num_actors),
-        num_cpus=config.cpus_per_actor,
-        num_gpus=config.gpus_per_actor,
+        compute=actors,
+        **actor_resources,
+    )
+    return predicted.map_batches(
+        write_step,
+        fn_kwargs={
+            "store_path": store_path,
+            "run": labeling.number,
+            "min_centroid_area": config.min_centroid_area,
+        },
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=config.cpus_per_task,
     )
 
 

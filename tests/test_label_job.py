@@ -1,5 +1,7 @@
 """The label job end to end on a local Ray (2 CPUs), with a tiny model and small images."""
 
+from functools import partial
+
 import cv2
 import numpy as np
 import pytest
@@ -12,11 +14,11 @@ from core.configs import DataSource, LabelJobConfig
 from core.errors import StoreError
 from core.inference import predict
 from core.io import read_image, write_image
-from core.labeling import DONE, SKIPPED
+from core.label_shards import DONE, SKIPPED
 from core.labels import CITYSCAPES_TRAIN_IDS
 from core.models import build_model
 from core.store import ImageStatus, LabelStore
-from jobs.label import TeacherLabeler, run
+from jobs.label import ModelStep, TeacherLabeler, run, teacher_step
 
 N_IMAGES = 10
 
@@ -45,7 +47,9 @@ def save_teacher(path, seed: int):
 @pytest.fixture(scope="module")
 def ray_local():
     # address="local": a fresh instance even when a cluster runs on this machine.
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    ray.init(
+        address="local", num_cpus=2, resources={"emulated_accelerator": 2}, include_dashboard=False
+    )
     yield
     ray.shutdown()
 
@@ -90,8 +94,11 @@ def config_for(teacher, folder, store, **options) -> LabelJobConfig:
     )
 
 
-def test_every_image_is_labeled_as_core_predicts(ray_local, teacher, images, tmp_path, one_thread):
-    config = config_for(teacher, images, tmp_path / "labels.zarr")
+@pytest.mark.parametrize("layout", ["fused", "staged"])
+def test_every_image_is_labeled_as_core_predicts(
+    ray_local, teacher, images, tmp_path, one_thread, layout
+):
+    config = config_for(teacher, images, tmp_path / "labels.zarr", layout=layout)
     result = run(config, progress_bar=False)
     assert (result["n_images"], result["n_done"], result["labeled"]) == (
         N_IMAGES,
@@ -121,12 +128,14 @@ def test_every_image_is_labeled_as_core_predicts(ray_local, teacher, images, tmp
     assert store.attributes["settings"] == config.inference().identity()
 
 
-def test_bad_files_fail_alone_with_their_reasons(ray_local, teacher, images, tmp_path):
+@pytest.mark.parametrize("layout", ["fused", "staged"])
+def test_bad_files_fail_alone_with_their_reasons(ray_local, teacher, images, tmp_path, layout):
     whole = (images / "city0" / "img_00.png").read_bytes()
     (images / "corrupt.png").write_bytes(whole[: len(whole) // 2])
     (images / "empty.png").write_bytes(b"")
     (images / "notes.png").write_text("not an image at all\n")
-    result = run(config_for(teacher, images, tmp_path / "labels.zarr"), progress_bar=False)
+    config = config_for(teacher, images, tmp_path / "labels.zarr", layout=layout)
+    result = run(config, progress_bar=False)
     assert (result["n_done"], result["n_failed"]) == (N_IMAGES, 3)
     store = LabelStore.open(tmp_path / "labels.zarr")
     reasons = {path.rsplit("/", 1)[1]: reason for _, path, reason in store.failures()}
@@ -186,7 +195,7 @@ def test_actor_skips_images_already_done(teacher, tmp_path, one_thread):
     )
     sentinel = np.full((64, 128), 7, np.uint8)
     store.write(0, sentinel, np.zeros_like(sentinel), np.zeros((0, 4)), run=5)
-    labeler = TeacherLabeler(config.store, str(teacher), config.inference().identity(), run=6)
+    labeler = TeacherLabeler(config.store, teacher_step(config), 6, 4, config.min_centroid_area)
     out = labeler({"shard": np.array([0]), "indices": np.array([[0, 1]])})
     assert out["index"].tolist() == [0, 1]
     assert out["outcome"].tolist() == [SKIPPED, DONE]
@@ -219,9 +228,68 @@ def test_multiscale_settings_reach_the_labeler(teacher, tmp_path, one_thread):
     store = LabelStore.create(
         config.store, [str(p) for p in paths], None, CITYSCAPES_TRAIN_IDS, teacher_id, settings
     )
-    labeler = TeacherLabeler(config.store, str(teacher), settings, run=0)
+    labeler = TeacherLabeler(config.store, teacher_step(config), 0, 4, config.min_centroid_area)
     labeler({"shard": np.array([0]), "indices": np.array([np.arange(3)])})
     model, _, _ = load_model(teacher)
     for index, path in enumerate(store.image_paths()):
         label, _ = predict(model, read_image(path), "multiscale", scales=[0.5, 1.0], crop=48)
         np.testing.assert_array_equal(store.label(index), label)
+
+
+def test_staged_layout_runs_the_given_model_step_on_a_growing_pool(ray_local, images, tmp_path):
+    # The model step a benchmark puts in place of the teacher, holding a custom resource as a GPU
+    # would; the pool starts at one actor and may grow to two.
+    calls = tmp_path / "calls.txt"
+
+    # Defined here, so that Ray pickles it by value (the actors cannot import this test module).
+    class StripedModel:
+        """Labels every image with horizontal stripes of classes 0..3 and counts its calls in a
+        file (the actors are other processes)."""
+
+        def __init__(self, calls_file: str) -> None:
+            self.calls_file = calls_file
+
+        def __call__(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+            with open(self.calls_file, "a") as f:
+                f.write(f"{len(images)}\n")
+            outputs = []
+            for image in images:
+                rows = np.arange(image.shape[0]) * 4 // image.shape[0]
+                label = np.repeat(rows[:, None], image.shape[1], axis=1).astype(np.uint8)
+                outputs.append((label, np.full_like(label, 200)))
+            return outputs
+
+    config = config_for(
+        save_teacher(tmp_path / "t.pt", seed=0),
+        images,
+        tmp_path / "labels.zarr",
+        layout="staged",
+        min_actors=1,
+        num_actors=2,
+        batch_size=3,
+    )
+    step = ModelStep(partial(StripedModel, str(calls)), resources={"emulated_accelerator": 1})
+    result = run(config, progress_bar=False, step=step)
+    assert (result["n_done"], result["labeled"]) == (N_IMAGES, N_IMAGES)
+    assert result["model_s"] > 0
+    # Shards of 4, 4 and 2 images in calls of at most 3: 3 + 1, 3 + 1, 2.
+    assert sorted(int(n) for n in calls.read_text().split()) == [1, 1, 2, 3, 3]
+    store = LabelStore.open(config.store)
+    for index in range(N_IMAGES):
+        height, width = store.image_size(index)
+        label = store.label(index)
+        assert label[0].tolist() == [0] * width and label[-1].tolist() == [3] * width
+        assert (store.confidence(index) == 200).all()
+    # Four stripes of one class each, one centroid per stripe.
+    per_class = store.summary()["centroids_per_class"]
+    assert {name: n for name, n in per_class.items() if n} == {
+        "road": N_IMAGES,
+        "sidewalk": N_IMAGES,
+        "building": N_IMAGES,
+        "wall": N_IMAGES,
+    }
+
+
+def test_min_actors_above_num_actors_is_refused(teacher, tmp_path):
+    with pytest.raises(ValueError, match=r"min_actors \(3\) must not exceed num_actors \(2\)"):
+        config_for(teacher, tmp_path, tmp_path / "labels.zarr", min_actors=3, num_actors=2)

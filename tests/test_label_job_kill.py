@@ -55,8 +55,13 @@ def setup(tmp_path_factory):
     return root, teacher
 
 
-def config_for(root: Path, teacher: Path, store: str) -> LabelJobConfig:
+# The processes that run the teacher in each layout of the label job.
+TEACHER_PROCESS = {"fused": "TeacherLabeler", "staged": "TeacherModel"}
+
+
+def config_for(root: Path, teacher: Path, store: str, layout: str = "fused") -> LabelJobConfig:
     return LabelJobConfig(
+        layout=layout,
         teacher_checkpoint=str(teacher),
         source=DataSource(format="folder", root=str(root / "images")),
         store=str(root / store),
@@ -107,9 +112,10 @@ def assert_same_as_clean(store: LabelStore, clean: LabelStore) -> None:
     np.testing.assert_array_equal(store.centroids(), clean.centroids())
 
 
-def test_driver_killed_half_way_then_rerun(ray_local, setup, clean_store, tmp_path):
+@pytest.mark.parametrize("layout", ["fused", "staged"])
+def test_driver_killed_half_way_then_rerun(ray_local, setup, clean_store, tmp_path, layout):
     root, teacher = setup
-    config = config_for(root, teacher, "killed.zarr")
+    config = config_for(root, teacher, f"killed_{layout}.zarr", layout)
     config_file = tmp_path / "label.json"
     config_file.write_text(json.dumps(config.model_dump(mode="json")))
     with open(tmp_path / "job.log", "wb") as log:
@@ -126,15 +132,17 @@ def test_driver_killed_half_way_then_rerun(ray_local, setup, clean_store, tmp_pa
         os.kill(job.pid, signal.SIGKILL)
         job.wait(30)
         # The job's actor dies with it; wait for that, so that it cannot write during the rerun.
-        actors = [pid for pid in started if "TeacherLabeler" in command_line(pid)]
+        actors = [pid for pid in started if TEACHER_PROCESS[layout] in command_line(pid)]
         assert len(actors) == 1
         assert wait_until_gone(actors, timeout=30) == []
     finally:
         if job.poll() is None:
             job.kill()
-        # Ray leaves its dashboard and runtime-env agents behind when the driver is SIGKILLed.
+        # Ray leaves its dashboard and runtime-env agents behind when the driver is SIGKILLed
+        # (and a write task of the staged layout may outlive it a moment): none may write later.
         for pid in wait_until_gone(started, timeout=0):
             os.kill(pid, signal.SIGKILL)
+        assert wait_until_gone(started, timeout=30) == []
     store = LabelStore.open(config.store)
     done_before = store.done_indices()
     assert 4 <= len(done_before) < N_IMAGES, "the kill should land half way"
@@ -197,19 +205,21 @@ def command_line(pid: int) -> str:
         return ""
 
 
-def teacher_actors() -> list[int]:
+def teacher_actors(layout: str) -> list[int]:
     """This test's own Ray workers that run the teacher (under this process's raylet)."""
-    return [pid for pid in descendants(os.getpid()) if "TeacherLabeler" in command_line(pid)]
+    mark = TEACHER_PROCESS[layout]
+    return [pid for pid in descendants(os.getpid()) if mark in command_line(pid)]
 
 
-def test_actor_killed_half_way_is_replaced(ray_local, setup, clean_store):
+@pytest.mark.parametrize("layout", ["fused", "staged"])
+def test_actor_killed_half_way_is_replaced(ray_local, setup, clean_store, layout):
     root, teacher = setup
-    config = config_for(root, teacher, "actor_killed.zarr")
+    config = config_for(root, teacher, f"actor_killed_{layout}.zarr", layout)
     killed: dict = {}
 
     def kill_the_actor_half_way() -> None:
         wait_for_done(Path(config.store), 4)
-        (actor,) = teacher_actors()
+        (actor,) = teacher_actors(layout)
         os.kill(actor, signal.SIGKILL)
         assert wait_until_gone([actor], timeout=30) == []
         store = LabelStore.open(config.store)

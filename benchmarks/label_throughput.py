@@ -211,6 +211,7 @@ def main() -> None:
                 batch_size=args.batch_size,
                 num_actors=args.num_actors,
                 cpus_per_actor=args.cpus_per_actor,
+                images_per_shard=args.images_per_shard,
             )
             start = time.perf_counter()
             result = run(config, progress_bar=False)
@@ -219,7 +220,8 @@ def main() -> None:
             pipeline_rates.append(args.n / pipeline_s)
             # The rate after the first result: what the pipeline sustains once its actors are up.
             steady_s = pipeline_s - result["first_result_s"]
-            steady_rates.append((args.n - args.batch_size) / max(1e-9, steady_s))
+            # (The first result arrives when the first shard is written.)
+            steady_rates.append((args.n - args.images_per_shard) / max(1e-9, steady_s))
             first_result.append(result["first_result_s"])
         ray.shutdown()
 
@@ -234,6 +236,7 @@ def main() -> None:
                 "batch_size": args.batch_size,
                 "num_actors": args.num_actors,
                 "cpus_per_actor": args.cpus_per_actor,
+                "images_per_shard": args.images_per_shard,
                 "repeats": args.repeats,
                 "bare_images_per_s": round(bare, 2),
                 "pipeline_images_per_s": round(pipeline, 2),

@@ -171,6 +171,9 @@ class ScheduleConfig(StrictModel):
     crop_sizes: list[int] = Field(default_factory=lambda: [400, 480, 560, 640, 720, 800])
     warmup_epochs: int = Field(default=0, ge=0)
     base_batch_size: int = Field(default=8, gt=0)
+    # Batch at a smaller crop = base_batch_size x (largest crop / crop) ** batch_growth: 2 keeps
+    # the pixels per step (the paper's bigger batch for small crops), 0 keeps the batch.
+    batch_growth: float = Field(default=2.0, ge=0, le=2)
 
     @model_validator(mode="after")
     def _check(self) -> ScheduleConfig:

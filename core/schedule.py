@@ -53,6 +53,7 @@ class CropSchedule:
         epochs: int,
         warmup_epochs: int = 0,
         base_batch_size: int = 8,
+        batch_growth: float = 2.0,
     ) -> None:
         if kind not in KINDS:
             raise ConfigError(f"unknown crop schedule {kind!r}; known: {', '.join(KINDS)}")
@@ -66,11 +67,14 @@ class CropSchedule:
             raise ConfigError(f"warmup_epochs must be in [0, epochs={epochs}], got {warmup_epochs}")
         if base_batch_size <= 0:
             raise ConfigError(f"base_batch_size must be positive, got {base_batch_size}")
+        if not 0 <= batch_growth <= 2:
+            raise ConfigError(f"batch_growth must be in [0, 2], got {batch_growth}")
         self.kind = kind
         self.crop_sizes = sorted(set(crop_sizes))
         self.epochs = epochs
         self.warmup_epochs = warmup_epochs
         self.base_batch_size = base_batch_size
+        self.batch_growth = batch_growth
         self.max_crop = self.crop_sizes[-1]
 
     def crop_size_at(self, epoch: int) -> int:
@@ -100,9 +104,10 @@ class CropSchedule:
         return extra + (step - long_span) // base
 
     def batch_size_at(self, epoch: int) -> int:
-        """Batch size for ``epoch``: ``base_batch_size`` at the largest crop, more when smaller."""
+        """Batch size for ``epoch``: ``base_batch_size`` at the largest crop, times
+        ``(largest crop / crop) ** batch_growth`` at a smaller one (2: the same pixels per step)."""
         crop = self.crop_size_at(epoch)
-        return max(1, round(self.base_batch_size * (self.max_crop / crop) ** 2))
+        return max(1, round(self.base_batch_size * (self.max_crop / crop) ** self.batch_growth))
 
     def at(self, epoch: int) -> tuple[int, int]:
         """``(crop size, batch size)`` for ``epoch``."""
@@ -115,10 +120,13 @@ class CropSchedule:
     def __repr__(self) -> str:
         return (
             f"CropSchedule({self.kind!r}, {self.crop_sizes}, epochs={self.epochs}, "
-            f"warmup_epochs={self.warmup_epochs}, base_batch_size={self.base_batch_size})"
+            f"warmup_epochs={self.warmup_epochs}, base_batch_size={self.base_batch_size}, "
+            f"batch_growth={self.batch_growth})"
         )
 
 
 def from_config(cfg: ScheduleConfig, epochs: int) -> CropSchedule:
     """The schedule a ``ScheduleConfig`` describes, over ``epochs`` epochs."""
-    return CropSchedule(cfg.kind, cfg.crop_sizes, epochs, cfg.warmup_epochs, cfg.base_batch_size)
+    return CropSchedule(
+        cfg.kind, cfg.crop_sizes, epochs, cfg.warmup_epochs, cfg.base_batch_size, cfg.batch_growth
+    )

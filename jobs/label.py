@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from core.configs import LabelJobConfig
-from core.errors import DataError
+from core.errors import DataError, StoreError
 from core.label_shards import (
     FAILED,
     Outcome,
@@ -149,13 +149,28 @@ class TeacherLabeler:
         return list(self.decoder.map(read_image_or_error, paths))
 
 
+# A Ray Data row holds at most this many bytes in one value (an Arrow binary cell).
+MAX_ROW_BYTES = 2**31 - 1
+
+
 def read_step(batch: dict[str, np.ndarray], store_path: str) -> dict[str, np.ndarray]:
-    """The staged layout's first step (a CPU task): decode the shards of ``batch``."""
+    """The staged layout's first step (a CPU task): decode the shards of ``batch``.
+
+    Raises:
+        StoreError: A shard's decoded images exceed what one row holds.
+    """
     store = LabelStore.open(store_path, read_only=True)
-    works = [
-        read_shard(store, int(shard), np.asarray(indices, dtype=np.int64)).to_bytes()
-        for shard, indices in zip(batch["shard"], batch["indices"], strict=True)
-    ]
+    works = []
+    for shard, indices in zip(batch["shard"], batch["indices"], strict=True):
+        data = read_shard(store, int(shard), np.asarray(indices, dtype=np.int64)).to_bytes()
+        if len(data) > MAX_ROW_BYTES:
+            raise StoreError(
+                store.path,
+                f"shard {shard} decodes to {len(data) / 2**30:.1f} GiB, more than a Ray Data row "
+                f"holds (2 GiB): label into a new store with a smaller images_per_shard "
+                f"(this one has {store.images_per_shard}), or use layout: fused",
+            )
+        works.append(data)
     return {"shard": batch["shard"], "work": np.array(works, dtype=object)}
 
 

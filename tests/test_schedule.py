@@ -60,6 +60,16 @@ def test_batch_size_keeps_pixels_per_step_about_constant():
     assert schedule.at(2) == (560, 16)
 
 
+def test_batch_growth_one_grows_the_batch_with_the_side_zero_keeps_it():
+    linear = CropSchedule("coarse2fine+", SIZES, 6, base_batch_size=8, batch_growth=1.0)
+    # 8 * 800 / crop: 16, 13.3, 11.4, 10, 8.9, 8.
+    assert [linear.batch_size_at(e) for e in range(6)] == [16, 13, 11, 10, 9, 8]
+    fixed = CropSchedule("coarse2fine+", SIZES, 6, base_batch_size=8, batch_growth=0.0)
+    assert [fixed.batch_size_at(e) for e in range(6)] == [8] * 6
+    with pytest.raises(ConfigError, match=r"batch_growth must be in \[0, 2\], got 2.5"):
+        CropSchedule("constant", SIZES, 6, batch_growth=2.5)
+
+
 def test_batch_size_is_at_least_one():
     schedule = CropSchedule("constant", [100], 1, base_batch_size=1)
     assert schedule.batch_size_at(0) == 1
@@ -87,6 +97,8 @@ def test_from_config():
     schedule = from_config(cfg, 3)
     assert schedule.sizes() == [800, 800, 720]
     assert schedule.batch_size_at(2) == 2  # round(2 * (800 / 720) ** 2) = round(2.47)
+    grow = from_config(cfg.model_copy(update={"batch_growth": 0.0, "base_batch_size": 3}), 3)
+    assert grow.batch_size_at(2) == 3
 
 
 def test_scale_crop_sizes_for_small_images():

@@ -249,38 +249,45 @@ def _label_dataset(
     # writer, and the shards spread over the actors.
     shards = [{"shard": shard, "indices": part.tolist()} for shard, part in labeling.shards()]
     rows = ray.data.from_items(shards, override_num_blocks=len(shards))
-    store_path = str(labeling.store.path)
-    actors = ray.data.ActorPoolStrategy(
+    if config.staged():
+        return _staged(rows, config, labeling, step)
+    return rows.map_batches(
+        TeacherLabeler,
+        fn_constructor_kwargs={
+            "store_path": str(labeling.store.path),
+            "step": step,
+            "run": labeling.number,
+            "batch_size": config.batch_size,
+            "min_centroid_area": config.min_centroid_area,
+            "cpus": config.cpus_per_actor,
+        },
+        **_teacher_actors(config, step),
+    )
+
+
+def _teacher_actors(config: LabelJobConfig, step: ModelStep) -> dict:
+    """``map_batches`` arguments of the teacher actors' step: one shard a call, the pool, the
+    resources each actor holds."""
+    pool = ray.data.ActorPoolStrategy(
         min_size=config.min_actors or config.num_actors, max_size=config.num_actors
     )
-    actor_resources = {
+    return {
+        "batch_size": 1,
+        "batch_format": "numpy",
+        "compute": pool,
         "num_cpus": config.cpus_per_actor,
         "num_gpus": config.gpus_per_actor,
         **({"resources": step.resources} if step.resources else {}),
     }
-    if not config.staged():
-        return rows.map_batches(
-            TeacherLabeler,
-            fn_constructor_kwargs={
-                "store_path": store_path,
-                "step": step,
-                "run": labeling.number,
-                "batch_size": config.batch_size,
-                "min_centroid_area": config.min_centroid_area,
-                "cpus": config.cpus_per_actor,
-            },
-            batch_size=1,
-            batch_format="numpy",
-            compute=actors,
-            **actor_resources,
-        )
-    decoded = rows.map_batches(
-        read_step,
-        fn_kwargs={"store_path": store_path},
-        batch_size=1,
-        batch_format="numpy",
-        num_cpus=config.cpus_per_task,
-    )
+
+
+def _staged(
+    rows: ray.data.Dataset, config: LabelJobConfig, labeling: LabelingRun, step: ModelStep
+) -> ray.data.Dataset:
+    """Read tasks -> teacher actors -> write tasks (see the module docstring)."""
+    store_path = str(labeling.store.path)
+    tasks = {"batch_size": 1, "batch_format": "numpy", "num_cpus": config.cpus_per_task}
+    decoded = rows.map_batches(read_step, fn_kwargs={"store_path": store_path}, **tasks)
     predicted = decoded.map_batches(
         TeacherModel,
         fn_constructor_kwargs={
@@ -288,10 +295,7 @@ def _label_dataset(
             "batch_size": config.batch_size,
             "cpus": config.cpus_per_actor,
         },
-        batch_size=1,
-        batch_format="numpy",
-        compute=actors,
-        **actor_resources,
+        **_teacher_actors(config, step),
     )
     return predicted.map_batches(
         write_step,
@@ -300,9 +304,7 @@ def _label_dataset(
             "run": labeling.number,
             "min_centroid_area": config.min_centroid_area,
         },
-        batch_size=1,
-        batch_format="numpy",
-        num_cpus=config.cpus_per_task,
+        **tasks,
     )
 
 

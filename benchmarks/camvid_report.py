@@ -15,6 +15,7 @@ STUDENTS = (
     "control",
     "control_levers",
     "control_init",
+    "control_levers_grow",
     "centroid_7to1",
     "levers_7to1",
     "centroid_7to1_init",
@@ -23,12 +24,14 @@ STUDENTS = (
     "centroid_1to1",
     "centroid_3to1",
     "centroid_7to1_c2f",
+    "levers_1to1_grow",
 )
 # Each student's labeled-only control: the same real samples, start and budget, no pseudo labels.
 # `control` (from scratch, the students' plain settings) trains exactly as the teacher does; the
 # others match students whose real samples are drawn class first or that start from the teacher.
 CONTROL_OF = {
     "levers_7to1": "control_levers",
+    "levers_1to1_grow": "control_levers_grow",
     "centroid_7to1_init": "control_init",
     "levers_7to1_init": "control_init",
 }

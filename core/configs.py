@@ -90,6 +90,9 @@ class InferenceSettings(StrictModel):
     crop: int | None = Field(default=None, gt=0)
     scales: list[float] | None = None
     flip: bool | None = None
+    # Soft labels: the class probabilities are kept too, averaged over soft_stride x soft_stride
+    # pixels (the model's output resolution); None keeps hard labels only.
+    soft_stride: int | None = Field(default=None, ge=1)
 
     def identity(self) -> dict:
         """The settings as a label store records and compares them (unused ones left out)."""
@@ -120,6 +123,10 @@ class LabelSettings(StrictModel):
     precision: Precision = "fp32"
     channels_last: bool = False
     min_centroid_area: int = Field(default=32, ge=1)
+    # Keep each image's class probabilities too (float16, averaged over soft_stride x soft_stride
+    # pixels), for students trained with soft_labels (the paper's Table 7 ablation).
+    soft_labels: bool = False
+    soft_stride: int = Field(default=8, ge=1, le=64)
     overwrite: bool = False
     retry_failed: bool = True
     # Images per shard of a new store (core.store_layout); an existing store keeps its own.
@@ -149,6 +156,7 @@ class LabelSettings(StrictModel):
             crop=self.slide_crop if windowed else None,
             scales=list(self.scales) if multiscale else None,
             flip=self.flip if multiscale else None,
+            soft_stride=self.soft_stride if self.soft_labels else None,
         )
 
 
@@ -229,6 +237,10 @@ class TrainSettings(StrictModel):
             below this fraction of their share of real pixels (classes the teacher
             under-predicts), so pseudo crops do not teach the student to drop them.
         pseudo_augment: Strong augmentation applied to pseudo samples only.
+        soft_labels: Train on the stores' class probabilities with a soft cross entropy instead
+            of their hard labels (the paper's Table 7 ablation; hard labels are its choice). The
+            stores must be labeled with ``soft_labels``; real samples count as one-hot; not with
+            ``ohem``.
         samples_per_epoch: Samples per epoch, real and pseudo together (a fixed budget, split at
             ``pseudo_per_real``); default: each labeled image once as a real sample, plus
             ``pseudo_per_real`` times as many pseudo samples (see core.training.plan_epochs).
@@ -250,6 +262,7 @@ class TrainSettings(StrictModel):
     pseudo_keep_fraction: float | None = Field(default=None, gt=0, le=1)
     ignore_underpredicted: float | None = Field(default=None, gt=0, le=1)
     pseudo_augment: StrongAugmentConfig | None = None
+    soft_labels: bool = False
     samples_per_epoch: int | None = Field(default=None, gt=0)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -287,6 +300,12 @@ class TrainSettings(StrictModel):
                 "pseudo_per_real: 7"
             )
         return data
+
+    @model_validator(mode="after")
+    def _check_soft(self) -> TrainSettings:
+        if self.soft_labels and self.ohem:
+            raise ValueError("soft_labels: OHEM ranks pixels by a hard label loss; set ohem false")
+        return self
 
     def effective_lr(self) -> float:
         """lr if given, else the paper's defaults: ``finetune_lr`` when finetuning, else 0.02."""

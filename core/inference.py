@@ -84,6 +84,54 @@ def predict_batch(
     Returns:
         Labels (N, H, W) uint8 and confidence (N, H, W) float32, both CPU tensors.
     """
+    with torch.inference_mode():
+        probs = _probabilities(model, images, mode, scales, flip, crop, device, bf16, channels_last)
+        confidence, labels = probs.max(dim=1)
+        labels, confidence = labels.to(torch.uint8).cpu(), confidence.cpu()
+    # Clones made outside inference mode are ordinary tensors that callers may modify in place.
+    return labels.clone(), confidence.clone()
+
+
+def predict_soft_batch(
+    model: nn.Module,
+    images: torch.Tensor | np.ndarray,
+    stride: int,
+    mode: InferenceMode = "whole",
+    scales: Sequence[float] = (0.5, 1.0, 2.0),
+    flip: bool = True,
+    crop: int = 512,
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`predict_batch` plus the class probabilities, averaged over ``stride x stride`` pixels
+    (soft labels at about the model's output resolution; the last row and column of cells cover
+    what is left of the image).
+
+    Returns:
+        Labels (N, H, W) uint8, confidence (N, H, W) float32 and probabilities
+        (N, C, ceil(H / stride), ceil(W / stride)) float16, CPU tensors.
+    """
+    with torch.inference_mode():
+        probs = _probabilities(model, images, mode, scales, flip, crop, device, bf16, channels_last)
+        confidence, labels = probs.max(dim=1)
+        coarse = F.avg_pool2d(probs, stride, stride, ceil_mode=True)
+        outputs = labels.to(torch.uint8).cpu(), confidence.cpu(), coarse.half().cpu()
+    return outputs[0].clone(), outputs[1].clone(), outputs[2].clone()
+
+
+def _probabilities(
+    model: nn.Module,
+    images: torch.Tensor | np.ndarray,
+    mode: InferenceMode,
+    scales: Sequence[float],
+    flip: bool,
+    crop: int,
+    device: str | torch.device,
+    bf16: bool,
+    channels_last: bool,
+) -> torch.Tensor:
+    """Softmax probabilities (N, C, H, W) on ``device`` (see the module docstring)."""
     if mode not in MODES:
         raise ValueError(f"unknown inference mode {mode!r}; known: {', '.join(MODES)}")
     if mode == "multiscale" and (not scales or min(scales) <= 0):
@@ -96,18 +144,12 @@ def predict_batch(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     forward = _forward_fn(model, bf16, channels_last)
-    with torch.inference_mode():
-        x = normalize_batch(images.to(device, non_blocking=True))
-        if mode == "whole":
-            probs = torch.softmax(forward(x), dim=1)
-        elif mode == "slide":
-            probs = torch.softmax(_slide_logits(forward, x, crop), dim=1)
-        else:
-            probs = _multiscale_probabilities(forward, x, scales, flip, crop)
-        confidence, labels = probs.max(dim=1)
-        labels, confidence = labels.to(torch.uint8).cpu(), confidence.cpu()
-    # Clones made outside inference mode are ordinary tensors that callers may modify in place.
-    return labels.clone(), confidence.clone()
+    x = normalize_batch(images.to(device, non_blocking=True))
+    if mode == "whole":
+        return torch.softmax(forward(x), dim=1)
+    if mode == "slide":
+        return torch.softmax(_slide_logits(forward, x, crop), dim=1)
+    return _multiscale_probabilities(forward, x, scales, flip, crop)
 
 
 def window_starts(length: int, crop: int, stride: int) -> list[int]:

@@ -30,8 +30,9 @@ DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 Outcome = Literal["done", "failed", "skipped"]
 
 # A teacher's forward pass: uint8 (H, W, 3) RGB images (sizes may differ) to, for each, its
-# (H, W) uint8 label map and (H, W) uint8 confidence (winning probability x 255).
-Predict = Callable[[list[np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]
+# (H, W) uint8 label map and (H, W) uint8 confidence (winning probability x 255), and for a store
+# that keeps soft labels a third array, its class probabilities (core.store.LabelStore.write).
+Predict = Callable[[list[np.ndarray]], list[tuple[np.ndarray, ...]]]
 ReadImages = Callable[[list[str]], list["np.ndarray | DataError"]]
 
 
@@ -45,7 +46,7 @@ class ShardWork:
         skipped: Those done already when read (left as they are).
         failed: Image → why it could not be read.
         images: Image → its decoded pixels, until predicted.
-        outputs: Image → its (label, confidence), once predicted.
+        outputs: Image → its (label, confidence[, probabilities]), once predicted.
         seconds: Time spent in each step so far (``read``, ``predict``, ``model``, ``write``);
             ``model`` is the part of ``predict`` inside the model calls.
     """
@@ -55,7 +56,7 @@ class ShardWork:
     skipped: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     images: dict[int, np.ndarray] = field(default_factory=dict)
-    outputs: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    outputs: dict[int, tuple[np.ndarray, ...]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
@@ -154,9 +155,9 @@ def write_shard(
                 writer.mark_failed(index, work.failed[index])
                 outcomes[index] = (FAILED, work.failed[index])
                 continue
-            label, confidence = work.outputs[index]
+            label, confidence, *soft = work.outputs[index]
             centroids = find_centroids(label, min_centroid_area, ignore_index)
-            writer.write(index, label, confidence, centroids)
+            writer.write(index, label, confidence, centroids, *soft)
             outcomes[index] = (DONE, "")
     work.seconds["write"] = time.perf_counter() - start
     return [(i, *outcomes[i]) for i in work.indices]

@@ -26,7 +26,7 @@ from core.checkpoint import load_checkpoint, load_model
 from core.configs import IMAGES_PER_SHARD, InferenceSettings, LabelJobConfig
 from core.datasets import open_source
 from core.errors import StoreError, StoreVersionError
-from core.inference import predict_batch
+from core.inference import predict_batch, predict_soft_batch
 from core.label_shards import DONE, FAILED, SKIPPED, Outcome
 from core.labels import IGNORE_INDEX, LabelSpace
 from core.store import ImageStatus, LabelStore, path_taken
@@ -53,10 +53,11 @@ def predict_images(
     settings: InferenceSettings,
     device: str | torch.device = "cpu",
     channels_last: bool = False,
-) -> list[tuple[np.ndarray, np.ndarray]]:
+) -> list[tuple[np.ndarray, ...]]:
     """The teacher's hard labels and confidence for ``images`` (uint8 (H, W, 3) RGB, sizes may
     differ): for each, its (H, W) uint8 label map and (H, W) uint8 confidence (the winning
-    class's probability times 255, rounded).
+    class's probability times 255, rounded), and with ``settings.soft_stride`` a third array, the
+    (C, ceil(H / s), ceil(W / s)) float16 class probabilities (core.inference.predict_soft_batch).
 
     Images of one size go through the model as one batch; the results come back in input order.
 
@@ -67,25 +68,24 @@ def predict_images(
         device: Where the model runs; on CUDA the uint8 batch is pinned and normalized there.
         channels_last: Run the model in channels-last memory format.
     """
-    results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    results: dict[int, tuple[np.ndarray, ...]] = {}
     # Only the options the mode uses are set; predict_batch ignores the others.
     options = settings.model_dump(include={"scales", "flip", "crop"}, exclude_none=True)
+    options.update(mode=settings.mode, device=device, bf16=settings.precision == "bf16")
     for group in same_size_groups(images):
         batch = torch.from_numpy(np.stack([images[i] for i in group]))
         if torch.device(device).type == "cuda":
             batch = batch.pin_memory()  # uint8 goes to the GPU asynchronously
-        labels, confidence = predict_batch(
-            model,
-            batch,
-            mode=settings.mode,
-            device=device,
-            bf16=settings.precision == "bf16",
-            channels_last=channels_last,
-            **options,
-        )
+        if settings.soft_stride is None:
+            outputs = predict_batch(model, batch, channels_last=channels_last, **options)
+        else:
+            outputs = predict_soft_batch(
+                model, batch, settings.soft_stride, channels_last=channels_last, **options
+            )
+        labels, confidence, *soft = outputs
         confidence_u8 = confidence.mul(255).round_().to(torch.uint8).numpy()
         for k, index in enumerate(group):
-            results[index] = (labels[k].numpy(), confidence_u8[k])
+            results[index] = (labels[k].numpy(), confidence_u8[k], *(p[k].numpy() for p in soft))
     return [results[i] for i in range(len(images))]
 
 
@@ -129,7 +129,7 @@ class TeacherPredictor:
         self.device = device
         self.channels_last = channels_last
 
-    def __call__(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def __call__(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
         return predict_images(self.model, images, self.settings, self.device, self.channels_last)
 
 

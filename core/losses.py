@@ -1,4 +1,5 @@
-"""Segmentation losses: cross entropy with an ignore index, and online hard example mining (OHEM).
+"""Segmentation losses: cross entropy with an ignore index, online hard example mining (OHEM), and
+a soft cross entropy for soft labels.
 
 Both return a zero loss that still has a gradient when every pixel is ignored (a crop that fell on
 padding only), instead of the NaN that a mean over no pixels gives.
@@ -98,8 +99,49 @@ class OhemCrossEntropy(nn.Module):
         return f"thresh={self.thresh}, min_kept={self.min_kept}, ignore_index={self.ignore_index}"
 
 
-def build_loss(ohem: bool, thresh: float = 0.7, min_kept: int = 100_000) -> nn.Module:
-    """OHEM cross entropy when ``ohem``, else plain cross entropy; both ignore 255."""
+def soft_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Mean over the valid pixels of ``-sum_c p_c log softmax(logits)_c``.
+
+    Args:
+        logits: ``(N, C, H, W)`` class scores.
+        target: ``(N, H, W, 1 + C)`` uint8 (core.transforms.soft_target): the hard label, whose
+            ``ignore_index`` pixels do not count, then each class's probability x 255. Each
+            pixel's probabilities are renormalized to sum to 1 (rounding to uint8 leaves them a
+            little off); a one-hot target gives plain cross entropy.
+    """
+    n, c, h, w = logits.shape
+    if target.shape != (n, h, w, 1 + c):
+        raise ValueError(
+            f"expected logits (N, C, H, W) and target (N, H, W, 1 + C), got {tuple(logits.shape)} "
+            f"and {tuple(target.shape)}"
+        )
+    valid = target[..., 0] != ignore_index
+    probs = target[..., 1:].permute(0, 3, 1, 2).float()
+    probs = probs / probs.sum(dim=1, keepdim=True).clamp(min=1e-6)
+    pixel_loss = -(probs * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+    return (pixel_loss * valid).sum() / valid.sum().clamp(min=1)
+
+
+class SoftCrossEntropy(nn.Module):
+    """``soft_cross_entropy`` as a module."""
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return soft_cross_entropy(logits, target, self.ignore_index)
+
+
+def build_loss(
+    ohem: bool, thresh: float = 0.7, min_kept: int = 100_000, soft: bool = False
+) -> nn.Module:
+    """OHEM cross entropy when ``ohem``, soft cross entropy when ``soft``, else plain cross
+    entropy; all ignore 255."""
+    if ohem and soft:
+        raise ValueError("OHEM ranks pixels by a hard label's loss; it takes no soft targets")
     if ohem:
         return OhemCrossEntropy(thresh=thresh, min_kept=min_kept)
-    return CrossEntropy()
+    return SoftCrossEntropy() if soft else CrossEntropy()

@@ -105,6 +105,12 @@ class RunSpec(StrictModel):
             raise ValueError("loops: further rounds train a student; give student.train")
         if self.loops and self.finetune is not None and self.finetune.train is None:
             raise ValueError("loops: further rounds finetune each student; give finetune.train")
+        soft_student = self.student.train is not None and self.student.train.soft_labels
+        if soft_student and self.label.sources and not self.label.options.soft_labels:
+            raise ValueError(
+                "student.train.soft_labels: the student reads class probabilities; set "
+                "label.options.soft_labels: true so the label jobs keep them"
+            )
         if self.control and (
             self.student.train is None or not self.student.train.samples_per_epoch
         ):

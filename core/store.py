@@ -37,6 +37,7 @@ from core.store_layout import (
     n_shards,
     open_group,
     open_or_create_image_arrays,
+    open_or_create_probability_array,
     path_taken,
     resize_tables,
     size_key,
@@ -322,6 +323,7 @@ class LabelStore:
         confidence: np.ndarray,
         centroids: np.ndarray,
         run: int = 0,
+        probabilities: np.ndarray | None = None,
     ) -> None:
         """Store the teacher's output for one image and mark it done: a writer of its shard for
         one image (tests and tools; the label job writes whole shards).
@@ -332,10 +334,11 @@ class LabelStore:
             confidence: (H, W) uint8, max softmax x 255.
             centroids: (k, 4) rows (class, y, x, area) from core.centroids.find_centroids.
             run: The labeling run writing it.
+            probabilities: Soft labels, in a store that keeps them (`soft_stride`).
         """
         self._check_index(index)
         with self.shard_writer(index // self.images_per_shard, run) as writer:
-            writer.write(index, label, confidence, centroids)
+            writer.write(index, label, confidence, centroids, probabilities)
 
     def mark_failed(self, index: int, reason: str, size: tuple[int, int] | None = None) -> None:
         """Record that an image could not be labeled, and why (one image; see `write`)."""
@@ -370,8 +373,47 @@ class LabelStore:
             self._image_arrays[key] = arrays
         return self._image_arrays[key]
 
+    @property
+    def soft_stride(self) -> int | None:
+        """The cell size of the class probabilities this store keeps (soft labels), else None."""
+        stride = self.settings.get("soft_stride")
+        return None if stride is None else int(stride)
+
+    def probability_array(self, height: int, width: int, create: bool = False) -> zarr.Array:
+        """The ``probabilities`` array of the images of size ``height x width``.
+
+        Raises:
+            StoreError: The store keeps no probabilities, or none of that size were written (and
+                ``create`` is false).
+        """
+        stride = self.soft_stride
+        if stride is None:
+            raise StoreError(self.path, "keeps hard labels only; label with soft_labels: true")
+        key = size_key(height, width)
+        if create:
+            return open_or_create_probability_array(
+                self._group,
+                height,
+                width,
+                self.n_images,
+                self.images_per_shard,
+                self.label_space.num_classes,
+                stride,
+            )
+        try:
+            return self._group[f"probabilities/{key}"]
+        except KeyError as exc:
+            raise StoreError(self.path, f"damaged: no probabilities for {key} images") from exc
+
     # ----------------------------------------------------------------------------------------------
     # Reading labels and centroids
+
+    def probabilities(self, index: int) -> np.ndarray:
+        """(C, ceil(H / s), ceil(W / s)) float32 class probabilities of a done image, each the
+        average over an s x s cell (s = `soft_stride`)."""
+        self._require_done(index)
+        height, width = (int(v) for v in self.tables["size"][index])
+        return self.probability_array(height, width)[index].astype(np.float32)
 
     def label(self, index: int, confidence_threshold: float = 0.0) -> np.ndarray:
         """The hard label map of a done image.

@@ -17,6 +17,8 @@ indices: shard k holds images ``[k * S, (k + 1) * S)``. A shard is the unit of w
                                                               class, centroids per class
     labels/<H>x<W>      (n, H, W) uint8, sharded              label maps of the H x W images
     confidence/<H>x<W>  (n, H, W) uint8, sharded              max softmax x 255
+    probabilities/<H>x<W> (n, C, ceil(H/s), ceil(W/s))        soft labels (stores labeled with
+                        float16, sharded                      soft_stride s only)
 
 Every per-image array has one chunk per shard, so reading a column for the whole store (the done
 set, all sizes) is one read per shard, not per image. Label maps and confidences live in one
@@ -57,6 +59,8 @@ FILE_PIXELS = 1 << 26
 # Label maps and confidences compress well and are written once: fast zstd.
 IMAGE_COMPRESSOR = ZstdCodec(level=1)
 IMAGE_KINDS = ("labels", "confidence")
+# Class probabilities per size group, in stores labeled with soft labels only.
+PROBABILITIES = "probabilities"
 # The per-image and per-shard arrays (LabelStore.tables).
 TABLES = ("paths", "status", "size", "reason", "run", "labeled_at", "class_pixels")
 TABLES += ("centroids", "shard_totals")
@@ -129,9 +133,10 @@ def resize_tables(group: zarr.Group, n_images: int, images_per_shard: int) -> No
     for name in ("centroids", "shard_totals"):
         array = group[name]
         array.resize((shards, *array.shape[1:]))
-    for kind in IMAGE_KINDS:
-        for _, array in group[kind].arrays():
-            array.resize((n_images, *array.shape[1:]))
+    for kind in (*IMAGE_KINDS, PROBABILITIES):
+        if kind in group:
+            for _, array in group[kind].arrays():
+                array.resize((n_images, *array.shape[1:]))
 
 
 def size_key(height: int, width: int) -> str:
@@ -193,6 +198,42 @@ def open_or_create_image_arrays(
                 array = group[path]
         arrays.append(array)
     return arrays[0], arrays[1]
+
+
+def open_or_create_probability_array(
+    group: zarr.Group,
+    height: int,
+    width: int,
+    n_images: int,
+    images_per_shard: int,
+    num_classes: int,
+    stride: int,
+) -> zarr.Array:
+    """The ``probabilities`` array of the ``height x width`` size group (soft labels: each class's
+    probability averaged over ``stride x stride`` pixels), created when missing; its files hold as
+    many images as the label maps' do, so none spans two shards."""
+    key = size_key(height, width)
+    path = f"{PROBABILITIES}/{key}"
+    shape = (num_classes, -(-height // stride), -(-width // stride))
+    chunk, file = images_per_chunk_and_file(height, width, images_per_shard)
+    try:
+        return group[path]
+    except KeyError:
+        pass
+    group.require_group(PROBABILITIES)
+    try:
+        return group.create_array(
+            path,
+            shape=(n_images, *shape),
+            dtype="float16",
+            chunks=(chunk, *shape),
+            shards=(file, *shape),
+            fill_value=0.0,
+            compressors=IMAGE_COMPRESSOR,
+            dimension_names=("image", "class", f"y{height}s{stride}", f"x{width}s{stride}"),
+        )
+    except ContainsArrayError:
+        return group[path]
 
 
 def open_group(path: Path, read_only: bool) -> zarr.Group:

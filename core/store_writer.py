@@ -48,6 +48,7 @@ class _Entry:
     label: np.ndarray | None = None
     confidence: np.ndarray | None = None
     centroids: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
     counts: np.ndarray | None = None
     reason: str = ""
     size: tuple[int, int] | None = None
@@ -99,7 +100,12 @@ class ShardWriter:
             self.flush()
 
     def write(
-        self, index: int, label: np.ndarray, confidence: np.ndarray, centroids: np.ndarray
+        self,
+        index: int,
+        label: np.ndarray,
+        confidence: np.ndarray,
+        centroids: np.ndarray,
+        probabilities: np.ndarray | None = None,
     ) -> None:
         """Add a labeled image (written at the next flush).
 
@@ -108,22 +114,50 @@ class ShardWriter:
             label: (H, W) uint8 class ids (``ignore_index`` allowed).
             confidence: (H, W) uint8, max softmax x 255.
             centroids: (k, 4) rows (class, y, x, area) from core.centroids.find_centroids.
+            probabilities: (C, ceil(H / s), ceil(W / s)) class probabilities, in a store that
+                keeps soft labels (``store.soft_stride`` = s); None in one that does not.
 
         Raises:
-            ValueError: Wrong shapes or dtypes, or class ids the store's label space lacks.
+            ValueError: Wrong shapes or dtypes, class ids the store's label space lacks, or
+                probabilities given to a store without soft labels or missing in one with them.
         """
         self._check_index(index)
         label, confidence, centroids = _checked_outputs(index, label, confidence, centroids)
+        probabilities = self._checked_probabilities(index, label.shape, probabilities)
         space = self.store.label_space
         counts = np.bincount(label.ravel(), minlength=256)
         if counts[space.num_classes : space.ignore_index].any():
             raise ValueError(f"image {index}: label holds ids >= {space.num_classes}")
         self._buffer[index] = _Entry(
-            index, label, confidence, centroids, counts[: space.num_classes], size=label.shape
+            index,
+            label,
+            confidence,
+            centroids,
+            probabilities,
+            counts[: space.num_classes],
+            size=label.shape,
         )
         self._buffered_bytes += 2 * label.size
         if self._buffered_bytes >= self.flush_bytes:
             self.flush()
+
+    def _checked_probabilities(
+        self, index: int, shape: tuple[int, int], probabilities: np.ndarray | None
+    ) -> np.ndarray | None:
+        stride = self.store.soft_stride
+        if stride is None:
+            if probabilities is not None:
+                raise ValueError(f"image {index}: this store keeps no probabilities")
+            return None
+        expected = (
+            self.store.label_space.num_classes,
+            -(-shape[0] // stride),
+            -(-shape[1] // stride),
+        )
+        if probabilities is None or np.shape(probabilities) != expected:
+            got = None if probabilities is None else np.shape(probabilities)
+            raise ValueError(f"image {index}: probabilities must be {expected}, got {got}")
+        return np.asarray(probabilities, dtype=np.float16)
 
     def mark_failed(self, index: int, reason: str, size: tuple[int, int] | None = None) -> None:
         """Record that an image could not be labeled, and why (written at the next flush)."""
@@ -170,11 +204,13 @@ class ShardWriter:
         for entry in labeled:
             by_size.setdefault(entry.label.shape, []).append(entry)
         for (height, width), group in by_size.items():
-            arrays = self.store.image_arrays(height, width, create=True)
+            arrays = list(self.store.image_arrays(height, width, create=True))
             indices = np.array([e.index for e in group], dtype=np.int64)
-            for array, values in zip(
-                arrays, ([e.label for e in group], [e.confidence for e in group]), strict=True
-            ):
+            kinds = [[e.label for e in group], [e.confidence for e in group]]
+            if self.store.soft_stride is not None:
+                arrays.append(self.store.probability_array(height, width, create=True))
+                kinds.append([e.probabilities for e in group])
+            for array, values in zip(arrays, kinds, strict=True):
                 span = slice(int(indices[0]), int(indices[-1]) + 1)
                 if span.stop - span.start == len(indices):
                     array[span] = np.stack(values)

@@ -53,6 +53,7 @@ from core.transforms import (
     build_strong_transform,
     build_train_transform,
     normalize_batch,
+    soft_target,
     to_tensors,
 )
 
@@ -194,6 +195,11 @@ def open_training_data(config: TrainJobConfig) -> TrainingData:
                 f"label store {reader.path} has classes {names}, but the labeled data has "
                 f"{list(label_space.names)}"
             )
+        if config.soft_labels and reader.store.soft_stride is None:
+            raise ConfigError(
+                f"soft_labels: label store {reader.path} keeps hard labels only; label it with "
+                "soft_labels: true"
+            )
     stats = None
     if config.real_centroid_sampling or config.ignore_underpredicted is not None:
         stats = labeled_statistics(labeled)
@@ -253,6 +259,8 @@ class EpochSamples(Dataset):
         epoch: The epoch.
         strong: Extra augmentation for pseudo samples only (after the standard pipeline, drawing
             from the same generator, so real samples are exactly as without it).
+        soft: Soft targets (core.transforms.soft_target): the pseudo samples' class
+            probabilities from their stores, the real samples' labels one-hot.
     """
 
     def __init__(
@@ -265,7 +273,9 @@ class EpochSamples(Dataset):
         seed: int,
         epoch: int,
         strong: StrongAugmentConfig | None = None,
+        soft: bool = False,
     ) -> None:
+        self.soft = soft
         self.part = list(part)
         self.labeled = labeled
         self.pseudo = list(pseudo)
@@ -281,11 +291,17 @@ class EpochSamples(Dataset):
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         position, sample = self.part[i]
+        probabilities = None
         if sample.store == REAL:
             image, label, _ = self.labeled[sample.index]
             assert label is not None  # training data is checked to be labeled
         else:
             image, label = self.pseudo[sample.store].load(sample.index)
+            if self.soft:
+                probabilities = self.pseudo[sample.store].store.probabilities(sample.index)
+        if self.soft:
+            assert self.labeled.label_space is not None  # training data is checked to be labeled
+            label = soft_target(label, probabilities, self.labeled.label_space.num_classes)
         rng = sample_rng(self.seed, self.epoch, position)
         if sample.point is None:
             image, label = self.transform(image, label, rng)

@@ -131,9 +131,12 @@ class TrainingRun:
             config.seed,
             epoch,
             config.pseudo_augment,
+            config.soft_labels,
         )
         loader = make_loader(dataset, plan.batch_size, config.loader_workers)
-        loss_fn = build_loss(config.ohem, config.ohem_thresh, config.ohem_min_kept)
+        loss_fn = build_loss(
+            config.ohem, config.ohem_thresh, config.ohem_min_kept, soft=config.soft_labels
+        )
         bf16 = config.precision == "bf16"
         stats = train_one_epoch(
             trained, loader, loss_fn, self.optimizer, self.lr_scheduler, self.device, bf16

@@ -69,7 +69,9 @@ def pad_to(
     if pad_h == 0 and pad_w == 0:
         return image, label
     image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), constant_values=0)
-    label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=ignore_index)
+    # A soft target (H, W, 1 + C) pads every channel; its first, the hard label, says ignore.
+    extra = ((0, 0),) * (label.ndim - 2)
+    label = np.pad(label, ((0, pad_h), (0, pad_w), *extra), constant_values=ignore_index)
     return image, label
 
 
@@ -86,7 +88,7 @@ class Compose:
         self.transforms = list(transforms)
 
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Pair:
-        if image.shape[:2] != label.shape:
+        if image.shape[:2] != label.shape[:2]:
             raise ValueError(f"image {image.shape[:2]} and label {label.shape} differ in size")
         for transform in self.transforms:
             image, label = transform(image, label, rng)
@@ -260,7 +262,7 @@ class Cutout:
         self.ignore_index = ignore_index
 
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Pair:
-        h, w = label.shape
+        h, w = label.shape[:2]
         ch = int(rng.integers(1, max(1, round(h * self.max_fraction)) + 1))
         cw = int(rng.integers(1, max(1, round(w * self.max_fraction)) + 1))
         y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
@@ -346,14 +348,46 @@ def normalize_batch(images: torch.Tensor) -> torch.Tensor:
 def to_tensors(
     images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack same-size samples into a uint8 ``(N, H, W, 3)`` and an int64 ``(N, H, W)`` tensor."""
+    """Stack same-size samples into a uint8 ``(N, H, W, 3)`` and an int64 ``(N, H, W)`` tensor
+    (soft targets, ``(H, W, 1 + C)`` from `soft_target`, stay uint8: ``(N, H, W, 1 + C)``)."""
     if not images or len(images) != len(labels):
         raise ValueError(
             f"need as many labels as images (>= 1), got {len(images)} and {len(labels)}"
         )
-    shapes = {im.shape[:2] for im in images} | {lb.shape for lb in labels}
+    shapes = {im.shape[:2] for im in images} | {lb.shape[:2] for lb in labels}
     if len(shapes) != 1:
         raise ValueError(f"samples of different sizes cannot be stacked: {sorted(shapes)}")
     image_batch = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images]))
-    label_batch = torch.from_numpy(np.stack(labels).astype(np.int64))
+    stacked = np.stack(labels)
+    soft = stacked.ndim == 4
+    label_batch = torch.from_numpy(stacked if soft else stacked.astype(np.int64))
     return image_batch, label_batch
+
+
+def soft_target(
+    label: np.ndarray, probabilities: np.ndarray | None, num_classes: int
+) -> np.ndarray:
+    """A sample's soft target: ``(H, W, 1 + C)`` uint8, the hard label first (its ignored pixels
+    count for nothing), then each class's probability x 255.
+
+    Travelling as channels of the label, the probabilities take every geometric transform the
+    label does (nearest-neighbour scaling, crops, flips, padding, cutout).
+
+    Args:
+        label: (H, W) uint8 hard label (``ignore_index`` where ignored).
+        probabilities: (C, h, w) class probabilities on a coarser grid (a label store's soft
+            labels), resized bilinearly to (H, W); None for a real sample, whose target is its
+            label one-hot.
+        num_classes: C.
+    """
+    height, width = label.shape
+    if probabilities is None:
+        channels = (label[..., None] == np.arange(num_classes)).astype(np.uint8) * 255
+    else:
+        if probabilities.shape[0] != num_classes:
+            raise ValueError(f"expected {num_classes} classes, got {probabilities.shape[0]}")
+        planes = np.ascontiguousarray(np.moveaxis(probabilities.astype(np.float32), 0, -1))
+        resized = cv2.resize(planes, (width, height), interpolation=cv2.INTER_LINEAR)
+        resized = resized.reshape(height, width, num_classes)
+        channels = np.clip(np.rint(resized * 255), 0, 255).astype(np.uint8)
+    return np.concatenate([label[..., None], channels], axis=-1)

@@ -12,7 +12,7 @@ from core.centroids import find_centroids
 from core.checkpoint import load_model, save_checkpoint
 from core.configs import DataSource, LabelJobConfig
 from core.errors import StoreError
-from core.inference import predict
+from core.inference import predict, predict_soft_batch
 from core.io import read_image, write_image
 from core.label_shards import DONE, SKIPPED
 from core.labels import CITYSCAPES_TRAIN_IDS
@@ -293,3 +293,25 @@ def test_staged_layout_runs_the_given_model_step_on_a_growing_pool(ray_local, im
 def test_min_actors_above_num_actors_is_refused(teacher, tmp_path):
     with pytest.raises(ValueError, match=r"min_actors \(3\) must not exceed num_actors \(2\)"):
         config_for(teacher, tmp_path, tmp_path / "labels.zarr", min_actors=3, num_actors=2)
+
+
+def test_soft_labels_keep_the_teachers_probabilities_per_cell(
+    ray_local, teacher, images, tmp_path, one_thread
+):
+    config = config_for(
+        teacher, images, tmp_path / "soft.zarr", layout="staged", soft_labels=True, soft_stride=4
+    )
+    assert config.inference().identity()["soft_stride"] == 4
+    assert run(config, progress_bar=False)["n_done"] == N_IMAGES
+    store = LabelStore.open(config.store)
+    assert store.soft_stride == 4
+    model, _, _ = load_model(teacher)
+    for index, path in enumerate(store.image_paths()):
+        labels, _, probabilities = predict_soft_batch(model, read_image(path)[None], 4)
+        np.testing.assert_array_equal(store.label(index), labels[0].numpy())
+        expected = probabilities[0].numpy().astype(np.float32)
+        height, width = store.image_size(index)
+        assert expected.shape == (CITYSCAPES_TRAIN_IDS.num_classes, height // 4, width // 4)
+        np.testing.assert_array_equal(store.probabilities(index), expected)
+        # Each cell's probabilities sum to 1 (float16 rounding aside).
+        np.testing.assert_allclose(expected.sum(axis=0), 1.0, atol=0.01)

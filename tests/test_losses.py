@@ -4,7 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.losses import CrossEntropy, OhemCrossEntropy, build_loss, cross_entropy
+from core.losses import (
+    CrossEntropy,
+    OhemCrossEntropy,
+    SoftCrossEntropy,
+    build_loss,
+    cross_entropy,
+    soft_cross_entropy,
+)
 
 
 def _logits_with_true_probs(probs: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,3 +119,33 @@ def test_build_loss_picks_the_loss():
 def test_losses_reject_mismatched_shapes():
     with pytest.raises(ValueError, match="target"):
         cross_entropy(torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long))
+
+
+def test_soft_cross_entropy_equals_hand_computed_values():
+    # Two pixels, two classes. Pixel 0: logits (0, ln 3) -> softmax (1/4, 3/4), target (0.5,
+    # 0.5): -(0.5 ln 1/4 + 0.5 ln 3/4) = 0.5 ln 16/3. Pixel 1: logits (0, 0) -> (1/2, 1/2),
+    # target one-hot class 1: ln 2. Mean: (0.5 ln(16/3) + ln 2) / 2.
+    logits = torch.tensor([[[[0.0, 0.0]], [[math.log(3.0), 0.0]]]])  # (1, 2, 1, 2)
+    target = torch.tensor([[[[0, 128, 128], [1, 0, 255]]]], dtype=torch.uint8)  # (1, 1, 2, 3)
+    expected = (0.5 * math.log(16 / 3) + math.log(2)) / 2
+    assert soft_cross_entropy(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    # An ignored pixel counts for nothing: only pixel 1 is left.
+    target[0, 0, 0, 0] = 255
+    assert soft_cross_entropy(logits, target).item() == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_soft_cross_entropy_of_one_hot_targets_is_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 3, 5)
+    labels = torch.randint(0, 4, (2, 3, 5))
+    labels[0, 0, 0] = 255
+    one_hot = F.one_hot(labels.clamp(max=3), 4) * 255
+    target = torch.cat([labels[..., None], one_hot], dim=-1).to(torch.uint8)
+    assert soft_cross_entropy(logits, target).item() == pytest.approx(
+        cross_entropy(logits, labels).item(), rel=1e-5
+    )
+    assert isinstance(build_loss(False, soft=True), SoftCrossEntropy)
+    with pytest.raises(ValueError, match="OHEM"):
+        build_loss(True, soft=True)
+    with pytest.raises(ValueError, match=r"target \(N, H, W, 1 \+ C\)"):
+        soft_cross_entropy(logits, target[..., :3])

@@ -109,6 +109,8 @@ def test_given_artifacts_replace_stages_and_finetune_and_loops_chain_models():
         ({"finetune": {"train": {**TRAIN, "init_checkpoint": "/x.pt"}}}, "init_checkpoint"),
         ({"label": {"sources": [LABELED], "confidence_threshold": 0.5}}, "confidence_threshold"),
         ({"teacher": {"train": TRAIN, "init_from_teacher": True}}, "init_from_teacher"),
+        ({"student": {"train": {**TRAIN, "soft_labels": True, "ohem": False}}}, "soft_labels"),
+        ({"student": {"train": {**TRAIN, "soft_labels": True}}}, "OHEM"),
     ],
 )
 def test_bad_specs_are_refused_naming_the_field(changes, field):
@@ -168,3 +170,17 @@ def test_a_control_trains_the_student_settings_without_pseudo_labels_at_the_same
     assert by_name["loop1-label-0"].config["teacher_checkpoint"] == "/data/out/student/best.pt"
     with pytest.raises(ValidationError, match="samples_per_epoch"):
         _spec(control=True)
+
+
+def test_a_soft_label_student_plans_with_soft_label_jobs():
+    soft = {**TRAIN, "soft_labels": True, "ohem": False}
+    spec = _spec(
+        student={"train": soft},
+        label={
+            "sources": [{"format": "folder", "root": "/data/a"}],
+            "options": {"soft_labels": True},
+        },
+    )
+    by_name = {stage.name: stage for stage in plan_stages(spec, OUT)}
+    assert by_name["label-0"].config["soft_labels"] is True
+    assert by_name["student"].config["soft_labels"] is True

@@ -465,3 +465,27 @@ def test_two_writers_write_two_shards_at_once(tmp_path):
     for kind in ("labels", "confidence"):
         for key in ("3x5", "4x5"):
             assert sorted(os.listdir(store.path / kind / key / "c")) == ["0", "1"]
+
+
+def test_a_soft_label_store_keeps_class_probabilities_per_cell(tmp_path):
+    settings = {**SETTINGS, "soft_stride": 4}
+    store = LabelStore.create(
+        tmp_path / "soft.zarr", ["a.png", "b.png"], None, SPACE, TEACHER, settings
+    )
+    assert store.soft_stride == 4
+    label = blocks_label()  # 4 x 6: cells of 4 x 4 give a 1 x 2 grid
+    probabilities = np.array([[[0.5, 0.25]], [[0.25, 0.25]], [[0.25, 0.5]]], dtype=np.float32)
+    store.write(0, label, np.zeros_like(label), np.zeros((0, 4)), probabilities=probabilities)
+    np.testing.assert_array_equal(LabelStore.open(store.path).probabilities(0), probabilities)
+    with pytest.raises(ValueError, match=r"probabilities must be \(3, 1, 2\), got None"):
+        store.write(1, label, np.zeros_like(label), np.zeros((0, 4)))
+    with pytest.raises(ValueError, match=r"probabilities must be \(3, 1, 2\), got \(3, 2, 2\)"):
+        store.write(1, label, label, np.zeros((0, 4)), probabilities=np.zeros((3, 2, 2)))
+    # A hard-label store refuses them, and has none to read.
+    hard = new_store(tmp_path)
+    assert hard.soft_stride is None
+    with pytest.raises(ValueError, match="keeps no probabilities"):
+        hard.write(0, label, label, np.zeros((0, 4)), probabilities=probabilities)
+    write_blocks(hard, 0)
+    with pytest.raises(StoreError, match="hard labels only; label with soft_labels: true"):
+        hard.probabilities(0)

@@ -18,13 +18,14 @@ from core.centroids import find_centroids
 from core.checkpoint import load_checkpoint, load_model
 from core.configs import AugmentConfig, DataSource, ScheduleConfig, TrainJobConfig
 from core.datasets import cityscapes
+from core.errors import ConfigError
 from core.labels import CITYSCAPES
 from core.runfiles import MetricsRow, RunFiles
 from core.sampling import CentroidTable
 from core.schedule import from_config
 from core.store import LabelStore
 from core.synth import write_synthetic_dataset
-from core.training import open_training_data
+from core.training import EpochSamples, open_training_data
 from jobs.train import run_training
 from selftrain.cli import main as selftrain_main
 
@@ -71,6 +72,25 @@ def pseudo_store(scenes) -> Path:
     for i in range(len(target)):
         label = target.load_label(i)
         store.write(i, label, np.full(SIZE, 230, np.uint8), find_centroids(label, min_area=4))
+    return path
+
+
+@pytest.fixture(scope="module")
+def soft_store(scenes) -> Path:
+    """A soft-label store over the target scenes: each 4 x 4 cell's true class shares (the label
+    maps averaged one-hot), as a teacher's probabilities would be kept."""
+    target = cityscapes(scenes / "target", "train")
+    path = scenes / "soft_store"
+    store = LabelStore.create(
+        path, target.image_paths(), [SIZE] * len(target), CITYSCAPES, {}, {"soft_stride": 4}
+    )
+    classes = CITYSCAPES.num_classes
+    for i in range(len(target)):
+        label = target.load_label(i)
+        one_hot = (label[None] == np.arange(classes)[:, None, None]).astype(np.float32)
+        cells = one_hot.reshape(classes, SIZE[0] // 4, 4, SIZE[1] // 4, 4).mean(axis=(2, 4))
+        confidence = np.full(SIZE, 230, np.uint8)
+        store.write(i, label, confidence, find_centroids(label, min_area=4), probabilities=cells)
     return path
 
 
@@ -290,3 +310,57 @@ def test_relative_paths_are_resolved_before_the_workers_see_them(tmp_path, monke
     assert absolute.pseudo == [str(here / "stores" / "s1"), str(here / "s2")]
     assert absolute.init_checkpoint == str(here / "teacher.pt")
     assert absolute.val is None
+
+
+def test_soft_label_samples_carry_the_stores_probabilities(
+    scenes, soft_store, pseudo_store, tmp_path
+):
+    config = _config(
+        tmp_path,
+        scenes,
+        epochs=1,
+        pseudo=[str(soft_store)],
+        pseudo_per_real=1.0,
+        samples_per_epoch=8,
+        soft_labels=True,
+    )
+    data = open_training_data(config)
+    samples = list(enumerate(data.sampler.samples(0, 4, 4)))
+    dataset = EpochSamples(samples, data.labeled, data.pseudo, config.augment, 32, 0, 0, soft=True)
+    classes = CITYSCAPES.num_classes
+    for position, sample in samples:
+        _, target = dataset[position]
+        assert target.shape == (32, 32, 1 + classes) and target.dtype == np.uint8
+        valid = target[..., 0] != 255
+        # Real samples are one-hot; the store's cells here are true-class shares, so at each valid
+        # pixel the class with the most weight is one present in the cell.
+        weights = target[..., 1:][valid].astype(int)
+        if sample.is_real:
+            assert (weights.sum(-1) == 255).all()
+            assert (weights.argmax(-1) == target[..., 0][valid]).all()
+        else:
+            assert (abs(weights.sum(-1) - 255) <= classes).all()
+    # A hard-label store cannot feed a soft student.
+    hard = config.model_copy(update={"pseudo": [str(pseudo_store)]})
+    with pytest.raises(ConfigError, match="keeps hard labels only"):
+        open_training_data(hard)
+    with pytest.raises(ValueError, match="soft_labels: OHEM"):
+        _config(tmp_path, scenes, soft_labels=True, ohem=True)
+
+
+@pytest.mark.slow
+def test_a_soft_label_student_trains_on_ray(ray_local, scenes, soft_store, tmp_path):
+    config = _config(
+        tmp_path,
+        scenes,
+        epochs=2,
+        pseudo=[str(soft_store)],
+        pseudo_per_real=1.0,
+        samples_per_epoch=16,
+        soft_labels=True,
+        num_workers=1,
+    )
+    summary = run_training(config)
+    rows = _metrics(config)
+    assert summary.epochs_done == 2 and [r.n_pseudo for r in rows] == [8, 8]
+    assert all(np.isfinite(r.loss) and r.loss > 0 for r in rows)

@@ -8,6 +8,7 @@ from core.transforms import (
     IMAGENET_STD,
     ColorJitter,
     Compose,
+    Cutout,
     GaussianBlur,
     RandomCrop,
     RandomHorizontalFlip,
@@ -17,6 +18,7 @@ from core.transforms import (
     crop_containing,
     normalize_batch,
     resize_pair,
+    soft_target,
     to_tensors,
 )
 
@@ -257,3 +259,39 @@ def test_to_tensors_rejects_mixed_sizes():
     labels = [np.zeros((4, 5), np.uint8), np.zeros((4, 6), np.uint8)]
     with pytest.raises(ValueError, match="different sizes"):
         to_tensors(images, labels)
+
+
+def test_soft_target_is_the_label_then_each_class_x_255():
+    label = np.array([[0, 1], [2, 255]], dtype=np.uint8)
+    real = soft_target(label, None, 3)
+    assert real.shape == (2, 2, 4) and real.dtype == np.uint8
+    assert real[..., 0].tolist() == label.tolist()
+    assert real[0, 1].tolist() == [1, 0, 255, 0]
+    assert real[1, 1].tolist() == [255, 0, 0, 0]  # ignored: no class
+    # Probabilities on a 1 x 1 grid, resized to the label's 2 x 2: the same everywhere.
+    coarse = np.array([[[0.2]], [[0.3]], [[0.5]]], dtype=np.float16)
+    pseudo = soft_target(label, coarse, 3)
+    # float16 holds 0.2 as 0.19995 and 0.3 as 0.30005: x 255 = 50.99, 76.51.
+    assert pseudo[0, 0].tolist() == [0, 51, 77, 128]
+
+
+def test_soft_targets_take_the_geometric_transforms_with_the_label():
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 3, (20, 30)).astype(np.uint8)
+    target = soft_target(label, None, 3)
+    image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    aug = AugmentConfig(scale_min=0.5, scale_max=2.0, flip=True, blur=True, color_jitter=0.2)
+    for seed in range(5):
+        _, crop = build_train_transform(aug, 24)(image, target, np.random.default_rng(seed))
+        assert crop.shape == (24, 24, 4)
+        hard, channels = crop[..., 0], crop[..., 1:]
+        valid = hard != 255
+        # Every valid pixel's one-hot channel still names its hard label; padding is all 255.
+        assert (channels.argmax(-1)[valid] == hard[valid]).all()
+        assert (channels[valid].sum(-1) == 255).all()
+        assert (crop[~valid] == 255).all()
+    _, cut = Cutout(0.5)(image, target, np.random.default_rng(1))
+    holes = cut[..., 0] == 255
+    assert holes.any() and (cut[holes] == 255).all()
+    images, labels = to_tensors([image[:4, :4]] * 2, [target[:4, :4]] * 2)
+    assert labels.dtype == torch.uint8 and tuple(labels.shape) == (2, 4, 4, 4)

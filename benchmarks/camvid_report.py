@@ -25,6 +25,7 @@ STUDENTS = (
     "centroid_3to1",
     "centroid_7to1_c2f",
     "levers_1to1_grow",
+    "levers_7to1_soft",
 )
 # Each student's labeled-only control: the same real samples, start and budget, no pseudo labels.
 # `control` (from scratch, the students' plain settings) trains exactly as the teacher does; the
@@ -32,6 +33,7 @@ STUDENTS = (
 CONTROL_OF = {
     "levers_7to1": "control_levers",
     "levers_1to1_grow": "control_levers_grow",
+    "levers_7to1_soft": "control_levers",
     "centroid_7to1_init": "control_init",
     "levers_7to1_init": "control_init",
 }

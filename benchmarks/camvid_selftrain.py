@@ -225,22 +225,38 @@ def run_seed(
     pseudo_students = [name for name in students if not is_control(name)]
     if not pseudo_students:
         return records, None
-    label_config = resolve_label_config(seed_dir, scale)
-    config_path = save_config(label_config, seed_dir / "configs" / "label.yaml")
-    command = [sys.executable, str(REPO / "jobs" / "label.py"), "--config", str(config_path)]
-    log(f"seed {seed}: label job")
-    try:
-        label_result, label_wall = run_job(command, seed_dir / "logs" / "label.log", env)
-    except JobError as exc:
-        record = {"model": "label", "seed": seed, "error": str(exc)}
-        print(json.dumps(record), flush=True)
-        return [*records, record], None
-    quality = pseudo_label_quality(label_config.store, Path(data["half_resolution"]))
-    quality.update(job=label_result, wall_s=round(label_wall, 1), command=shlex.join(command))
-    log(f"seed {seed}: pseudo labels mIoU on the pool {quality['miou']:.3f}")
+    quality: dict | None = None
+    failed: set[str] = set()
+    for label_name in sorted({label_config_of(name) for name in pseudo_students}):
+        label_config = resolve_label_config(seed_dir, scale, label_name)
+        config_path = save_config(label_config, seed_dir / "configs" / f"{label_name}.yaml")
+        command = [sys.executable, str(REPO / "jobs" / "label.py"), "--config", str(config_path)]
+        log(f"seed {seed}: label job {label_name}")
+        try:
+            label_result, wall = run_job(command, seed_dir / "logs" / f"{label_name}.log", env)
+        except JobError as exc:
+            record = {"model": label_name, "seed": seed, "error": str(exc)}
+            print(json.dumps(record), flush=True)
+            records.append(record)
+            failed.add(label_name)
+            continue
+        if quality is None:  # the hard labels: the same argmax in every store of the teacher
+            quality = pseudo_label_quality(label_config.store, Path(data["half_resolution"]))
+            quality.update(job=label_result, wall_s=round(wall, 1), command=shlex.join(command))
+            log(f"seed {seed}: pseudo labels mIoU on the pool {quality['miou']:.3f}")
     for name in pseudo_students:
-        train(name)
+        if label_config_of(name) not in failed:
+            train(name)
     return records, quality
+
+
+def label_config_of(student: str) -> str:
+    """The label config (``benchmarks/camvid/<name>.yaml``) whose store the student reads."""
+    store = load_config(CONFIG_DIR / f"{student}.yaml", TrainJobConfig).pseudo[0]
+    for path in sorted(CONFIG_DIR.glob("label*.yaml")):
+        if load_config(path, LabelJobConfig).store == store:
+            return path.stem
+    raise ValueError(f"{student}: no benchmarks/camvid/label*.yaml writes {store}")
 
 
 def train_and_evaluate(
@@ -313,9 +329,9 @@ def resolve_train_config(name: str, seed: int, seed_dir: Path, scale: str) -> Tr
     return TrainJobConfig.model_validate(data)
 
 
-def resolve_label_config(seed_dir: Path, scale: str) -> LabelJobConfig:
-    """``benchmarks/camvid/label.yaml`` with absolute paths (smoke: 5% of the pool)."""
-    config = load_config(CONFIG_DIR / "label.yaml", LabelJobConfig)
+def resolve_label_config(seed_dir: Path, scale: str, name: str = "label") -> LabelJobConfig:
+    """``benchmarks/camvid/<name>.yaml`` with absolute paths (smoke: 5% of the pool)."""
+    config = load_config(CONFIG_DIR / f"{name}.yaml", LabelJobConfig)
     data = config.model_dump()
     data["teacher_checkpoint"] = under(seed_dir, config.teacher_checkpoint)
     data["store"] = under(seed_dir, config.store)
@@ -347,6 +363,8 @@ def describe_config(config: TrainJobConfig) -> dict:
         levers.append(f"pseudo_keep_fraction {config.pseudo_keep_fraction:g}")
     if config.ignore_underpredicted is not None:
         levers.append(f"ignore_underpredicted {config.ignore_underpredicted:g}")
+    if config.soft_labels:
+        levers.append("soft labels")
     uses_pseudo = bool(config.pseudo) and config.pseudo_per_real > 0
     return {
         "centroid_sampling": uses_pseudo and config.centroid_sampling,

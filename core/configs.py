@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.errors import ConfigError
 
@@ -372,8 +372,21 @@ def _absolute(path: str | None) -> str | None:
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
+def validation_problems(exc: ValidationError) -> str:
+    """A pydantic error as one line: ``field.path: problem; ...``."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'config'}: {error['msg']}"
+        for error in exc.errors()
+    )
+
+
 def load_config(path: str | Path, cls: type[ConfigT]) -> ConfigT:
-    """Read a YAML or JSON file into ``cls``; errors name the file."""
+    """Read a YAML or JSON file into ``cls``.
+
+    Raises:
+        ConfigError: The file cannot be read, is not YAML (JSON), or its values do not fit
+            ``cls``; one line that names the file and each field's problem.
+    """
     path = Path(path)
     try:
         text = path.read_text()
@@ -382,10 +395,15 @@ def load_config(path: str | Path, cls: type[ConfigT]) -> ConfigT:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
+        where = " ".join(str(exc).split())  # the parser's message, on one line
+        kind = path.suffix.lstrip(".") or "YAML"
+        raise ConfigError(f"{path}: not valid {kind}: {where}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return cls.model_validate(data)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {validation_problems(exc)}") from exc
 
 
 def save_config(config: BaseModel, path: str | Path) -> Path:

@@ -48,7 +48,7 @@ from core.label_shards import (
 )
 from core.labeling import LabelingRun, TeacherPredictor
 from core.store import LabelStore
-from jobs.ray_entry import init_ray, parse_config
+from jobs.ray_entry import exit_code, init_ray, parse_config
 
 # How often the driver publishes progress into the store.
 PROGRESS_INTERVAL_S = 1.0
@@ -316,4 +316,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code(main, "jobs/label.py"))

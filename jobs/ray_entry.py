@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,6 +19,7 @@ import ray
 from pydantic import BaseModel
 
 from core.configs import load_config
+from core.errors import SelfTrainError
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
@@ -27,6 +29,17 @@ def config_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, type=Path, help="YAML or JSON config file")
     return parser
+
+
+def exit_code(main: Callable[[], int], job: str) -> int:
+    """Run a job's ``main``; a configuration or input error (a bad or missing config, a missing
+    teacher, data that cannot be used) prints one line, ``<job>: error: <what>``, and gives exit
+    code 2 instead of a traceback."""
+    try:
+        return main()
+    except SelfTrainError as exc:
+        print(f"{job}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def parse_config(

@@ -8,7 +8,8 @@ and ``finetune`` are described in core/training.py. On a cluster:
 
 import sys
 
+from jobs.ray_entry import exit_code
 from jobs.train import main
 
 if __name__ == "__main__":
-    sys.exit(main(role="student"))
+    sys.exit(exit_code(lambda: main(role="student"), "jobs/student.py"))

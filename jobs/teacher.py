@@ -5,7 +5,8 @@ The same job as ``python jobs/train.py --config FILE --role teacher`` (see jobs/
 
 import sys
 
+from jobs.ray_entry import exit_code
 from jobs.train import main
 
 if __name__ == "__main__":
-    sys.exit(main(role="teacher"))
+    sys.exit(exit_code(lambda: main(role="teacher"), "jobs/teacher.py"))

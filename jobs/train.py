@@ -32,7 +32,7 @@ from core.runfiles import RunFiles, RunSummary
 from core.sampling import Sample
 from core.training import EpochPlan, EpochStats, open_training_data
 from core.training_run import TrainingRun
-from jobs.ray_entry import config_parser, init_ray
+from jobs.ray_entry import config_parser, exit_code, init_ray
 
 STATE_FILE = "state.pt"
 # The val_miou that Ray Train's reports carry for epochs without validation: Ray ranks its
@@ -150,4 +150,4 @@ def main(argv: Sequence[str] | None = None, role: Role | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code(main, "jobs/train.py"))

@@ -26,6 +26,10 @@ class CorruptImageError(DataError):
     """An image file is empty, truncated or not an image at all."""
 
 
+class ImageTooLargeError(DataError):
+    """An image declares more pixels than may be decoded."""
+
+
 class InvalidLabelError(DataError):
     """A label map has the wrong shape, channels or ids."""
 

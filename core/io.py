@@ -11,6 +11,7 @@ multi-channel label (a color-coded label, a palette PNG, which OpenCV expands to
 
 from __future__ import annotations
 
+import io
 from collections.abc import Collection
 from pathlib import Path
 from typing import Literal
@@ -18,7 +19,13 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from core.errors import CorruptImageError, DataError, InvalidLabelError, SizeMismatchError
+from core.errors import (
+    CorruptImageError,
+    DataError,
+    ImageTooLargeError,
+    InvalidLabelError,
+    SizeMismatchError,
+)
 from core.labels import LabelSpace
 
 _JPEG_START = b"\xff\xd8"
@@ -26,6 +33,27 @@ _JPEG_START_OF_SCAN = b"\xff\xda"
 _JPEG_END = b"\xff\xd9"
 # The most offending values an error message lists.
 _MAX_LISTED = 10
+
+
+def image_size(data: bytes, name: str = "<bytes>") -> tuple[int, int]:
+    """``(height, width)`` of an encoded image, read from its header without decoding the pixels:
+    what a server checks before it lets a small file decode into gigabytes.
+
+    Raises:
+        CorruptImageError: The data is not an image whose header Pillow reads.
+        ImageTooLargeError: The header declares more pixels than Pillow's decompression-bomb
+            limit (about 179 million).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(name, f"declares too many pixels ({exc})") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise CorruptImageError(name, "not a readable image header") from exc
+    return height, width
 
 
 def read_image(path: str | Path) -> np.ndarray:

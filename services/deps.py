@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import threading
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -25,6 +26,11 @@ class Service:
     backend: JobBackend
     orchestrator: Orchestrator
     models: ModelCache = field(default_factory=ModelCache)
+    # Bounds the predictions running at once (settings.predict_concurrency).
+    predict_slots: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.predict_slots = threading.BoundedSemaphore(self.settings.predict_concurrency)
 
 
 def get_service(request: Request) -> Service:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
 
-from core.errors import CheckpointError, CorruptImageError
+from core.errors import CheckpointError, CorruptImageError, ImageTooLargeError
 from core.plan import SpecError
 from services.db import SUCCEEDED, Run
 from services.deps import Service, ServiceDep
@@ -37,8 +37,9 @@ MIN_SIDE = 8
         400: {"description": "Not a decodable image, or too small"},
         404: {"description": "No such run"},
         409: {"description": "The run has no trained model yet"},
-        413: {"description": "Upload or image too large"},
+        413: {"description": "Upload too large, or an image header declaring too many pixels"},
         422: {"description": "Neither or both of run_id and checkpoint, or a bad checkpoint"},
+        503: {"description": "Every prediction slot stayed busy; try again"},
     },
 )
 def predict(
@@ -49,7 +50,12 @@ def predict(
     output: Annotated[Output, Form()] = "label",
 ) -> Response:
     """Predict the classes of an image with the last model a run trained, or a checkpoint file
-    (inside the data roots or the workdir); the model stays loaded for the next request."""
+    (inside the data roots or the workdir); the model stays loaded for the next request.
+
+    The image's size is read from its header and checked before anything is decoded; at most
+    ``predict_concurrency`` predictions run at once (FastAPI runs this in its thread pool, off the
+    event loop), the others wait up to ``predict_wait_s`` for a slot.
+    """
     settings = service.settings
     data = image.file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
@@ -57,7 +63,22 @@ def predict(
             status.HTTP_413_CONTENT_TOO_LARGE, f"upload over {settings.max_upload_bytes} bytes"
         )
     path = _checkpoint_path(service, run_id, checkpoint)
-    pixels = _decode(data, image.filename or "upload", settings.max_image_pixels)
+    name = image.filename or "upload"
+    size = _check_header(data, name, settings.max_image_pixels)
+    if not service.predict_slots.acquire(timeout=settings.predict_wait_s):
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"{settings.predict_concurrency} predictions running for {settings.predict_wait_s} s; "
+            "try again",
+        )
+    try:
+        return _predict(service, _decode(data, name, size), path, output)
+    finally:
+        service.predict_slots.release()
+
+
+def _predict(service: Service, pixels, path: Path, output: Output) -> Response:
+    settings = service.settings
     try:
         model, label_space = service.models.get(path, settings.predict_device)
     except CheckpointError as exc:
@@ -75,14 +96,17 @@ def predict(
     return Response(png, media_type="image/png")
 
 
-def _decode(data: bytes, name: str, max_pixels: int):
-    from core.io import decode_image
+def _check_header(data: bytes, name: str, max_pixels: int) -> tuple[int, int]:
+    """413 for an image whose header declares more than ``max_pixels``, 400 for one that is not
+    an image or is too small: decided before any pixel is decoded."""
+    from core.io import image_size
 
     try:
-        pixels = decode_image(data, name)
+        height, width = image_size(data, name)
+    except ImageTooLargeError as exc:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(exc)) from exc
     except CorruptImageError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
-    height, width = pixels.shape[:2]
     if height * width > max_pixels:
         raise HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE,
@@ -91,6 +115,22 @@ def _decode(data: bytes, name: str, max_pixels: int):
     if min(height, width) < MIN_SIDE:
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, f"{name}: {height}x{width} is under {MIN_SIDE} pixels"
+        )
+    return height, width
+
+
+def _decode(data: bytes, name: str, size: tuple[int, int]):
+    from core.io import decode_image
+
+    try:
+        pixels = decode_image(data, name)
+    except CorruptImageError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+    if pixels.shape[:2] != size:  # the checks were made on the header's size
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            f"{name}: decodes to {pixels.shape[0]}x{pixels.shape[1]}, not its header's "
+            f"{size[0]}x{size[1]}",
         )
     return pixels
 

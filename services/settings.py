@@ -36,6 +36,9 @@ class Settings(BaseSettings):
         max_image_pixels: Largest decoded image (height x width) to predict on (larger: 413).
         max_json_bytes: Largest JSON request body (a run spec).
         predict_device: Torch device for prediction.
+        predict_concurrency: Predictions running at once (each holds a decoded image and the
+            model's activations); more requests wait for a slot.
+        predict_wait_s: How long a request waits for a slot before a 503.
     """
 
     model_config = SettingsConfigDict(env_prefix="SELFTRAIN_", extra="ignore")
@@ -53,6 +56,8 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     max_json_bytes: int = Field(default=2**20, gt=0)
     predict_device: str = "cpu"
+    predict_concurrency: int = Field(default=2, gt=0, le=64)
+    predict_wait_s: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _resolve(self) -> Settings:

@@ -10,7 +10,7 @@ from core.errors import (
     InvalidLabelError,
     SizeMismatchError,
 )
-from core.io import decode_image, read_image, read_label, write_image, write_label
+from core.io import decode_image, image_size, read_image, read_label, write_image, write_label
 from core.labels import CAMVID, CITYSCAPES, CITYSCAPES_TRAIN_IDS, declare_label_space
 
 
@@ -202,3 +202,14 @@ def test_write_label_round_trip_and_checks(tmp_path):
         write_label(tmp_path / "l2.png", ids.astype(np.int64))
     with pytest.raises(ValueError, match=r"expected an \(H, W, 3\) uint8 image"):
         write_image(tmp_path / "i.png", ids)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_image_size_reads_the_header_only(tmp_path, suffix):
+    path = write_image(tmp_path / f"a{suffix}", np.zeros((37, 53, 3), dtype=np.uint8))
+    data = path.read_bytes()
+    assert image_size(data, "a") == (37, 53)
+    # The header is enough: a file cut short after it still tells its size.
+    assert image_size(data[: len(data) - 20], "a") == (37, 53)
+    with pytest.raises(CorruptImageError, match="b: not a readable image header"):
+        image_size(b"hello", "b")

@@ -4,6 +4,8 @@ the model cache, and the 400 / 409 / 413 / 422 answers."""
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -86,3 +88,49 @@ def test_predict_with_a_run_that_has_no_model_yet_is_409(env, tmp_path):
     with service.db.session() as session:
         session.add(Run(id="fresh", name="fresh", spec={}, output=str(tmp_path)))
     assert _predict(client, _image(), run_id="fresh").status_code == 409
+
+
+def _png_header_only(height: int, width: int) -> bytes:
+    """A PNG signature and an IHDR chunk declaring ``height x width`` RGB pixels, then IEND: a few
+    dozen bytes that a decoder would try to turn into ``3 x height x width`` bytes."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(env, monkeypatch):
+    client, checkpoint = env
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("an oversized image must not be decoded")
+
+    monkeypatch.setattr("core.io.decode_image", no_decoding)
+    # 10000 x 10000 (300 MB decoded) declared in 57 bytes: refused by size, never decoded.
+    bomb = _predict(client, _png_header_only(10_000, 10_000), checkpoint=checkpoint)
+    assert bomb.status_code == 413 and "10000x10000 is over 90000 pixels" in bomb.text
+    # Past Pillow's own limit (about 179 million pixels) the header is refused as such.
+    huge = _predict(client, _png_header_only(60_000, 60_000), checkpoint=checkpoint)
+    assert huge.status_code == 413 and "declares too many pixels" in huge.text
+    assert _predict(client, b"not an image", checkpoint=checkpoint).status_code == 400
+
+
+def test_predictions_beyond_the_concurrency_limit_wait_then_get_503(env):
+    client, checkpoint = env
+    service = client.app.state.service
+    slots = service.settings.predict_concurrency
+    held = [service.predict_slots.acquire(timeout=1) for _ in range(slots)]
+    assert all(held)
+    waited = service.settings.predict_wait_s
+    service.settings.predict_wait_s = 0.2
+    try:
+        busy = _predict(client, _image(), checkpoint=checkpoint)
+        assert busy.status_code == 503 and "try again" in busy.text
+    finally:
+        service.settings.predict_wait_s = waited
+        for _ in range(slots):
+            service.predict_slots.release()
+    assert _predict(client, _image(), checkpoint=checkpoint).status_code == 200

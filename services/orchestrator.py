@@ -10,6 +10,7 @@ cluster does not know its id yet, so neither a retry nor a restart starts a stag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shlex
 import threading
@@ -156,6 +157,26 @@ class Orchestrator:
                 self.advance(run_id)
             except ClusterUnavailableError as exc:
                 log.warning("run %s waits for the cluster: %s", run_id, exc)
+            except Exception as exc:  # one broken run ends alone; the others go on
+                log.exception("run %s: orchestration failed", run_id)
+                self.fail_run(run_id, f"orchestration error: {type(exc).__name__}: {exc}")
+
+    def fail_run(self, run_id: str, reason: str) -> None:
+        """End a run in flight as FAILED with ``reason`` (on its stage in flight too), and stop
+        that stage's job if the cluster answers."""
+        with self._lock, self.db.session() as session:
+            run = session.get(Run, run_id)
+            if run is None or run.status not in IN_FLIGHT:
+                return
+            now = time.time()
+            for stage in run.stages:
+                if stage.status in IN_FLIGHT and (stage.submitted_at or stage.given):
+                    stage.status, stage.error, stage.ended_at = FAILED, reason, now
+                    if stage.submission_id is not None:
+                        with contextlib.suppress(Exception):  # best effort: the run ends anyway
+                            self.backend.stop(stage.submission_id)
+            run.status, run.error, run.ended_at = FAILED, reason[:2000], now
+            run.version += 1
 
     def advance(self, run_id: str) -> None:
         """Follow the run's current stage; start the next when it succeeded, else fail the run."""

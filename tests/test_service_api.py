@@ -18,6 +18,7 @@ from service_support import (
     write_scenes,
 )
 
+from core.runfiles import RunFiles
 from services.app import create_app
 from services.orchestrator import Orchestrator
 
@@ -252,3 +253,26 @@ def test_run_finishes_by_itself_and_the_event_stream_follows_it(data_root, tmp_p
         missing = client.get(f"/api/runs/{run_id}/stages/teacher/pseudo-labels/0", headers=AUTH)
         assert missing.status_code == 404
         assert client.get("/api/runs/nope/events", headers=AUTH).status_code == 404
+
+
+def test_a_broken_run_ends_alone_with_its_reason_and_the_others_go_on(setup, data_root):
+    client, backend, service = setup
+    first = client.post("/api/runs", json=_spec(data_root), headers=AUTH).json()["id"]
+    service.orchestrator.step()
+    teacher = f"selftrain-{first}-0-teacher"
+    backend.set(teacher, "RUNNING")
+    config = client.get(f"/api/runs/{first}", headers=AUTH).json()["stages"][0]["config"]
+    files = RunFiles.of(config["storage_path"], config["run_name"])
+    files.metrics.parent.mkdir(parents=True, exist_ok=True)
+    files.metrics.write_bytes(b"\xff\xfe damaged")  # not UTF-8: reading it raises
+    second = client.post("/api/runs", json=_spec(data_root), headers=AUTH).json()["id"]
+    service.orchestrator.step()
+    broken = client.get(f"/api/runs/{first}", headers=AUTH).json()
+    assert broken["status"] == "FAILED"
+    assert broken["error"].startswith("orchestration error: ")
+    assert "UnicodeDecodeError" in broken["error"]
+    assert broken["stages"][0]["status"] == "FAILED" and teacher in backend.stops
+    # The other run was not held up: its teacher went to the cluster in the same step.
+    assert f"selftrain-{second}-0-teacher" in backend.submits
+    service.orchestrator.step()
+    assert client.get(f"/api/runs/{first}", headers=AUTH).json()["status"] == "FAILED"

@@ -74,8 +74,10 @@ class RunSpec(StrictModel):
 
     Attributes:
         name: A label for people; need not be unique.
-        output: Folder for the run's checkpoints and label stores (inside a data root); default: a
-            folder of the run under the service's workdir.
+        output: Where the service puts the run's folder, ``<output>/<run id>``, for its checkpoints
+            and label stores (inside a data root, not overlapping a dataset, the service's own
+            folder or another run's); default: ``<workdir>/<run id>/outputs``. (``selftrain run``
+            takes its folder from ``--output`` instead.)
         teacher: The first teacher.
         label: Unlabeled sources (one label job each) and/or existing stores.
         student: Trained on the labeled data of its settings plus the pseudo labels.

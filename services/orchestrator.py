@@ -38,7 +38,7 @@ from services.db import (
 )
 from services.ray_jobs import ClusterUnavailableError, JobBackend, JobInfo
 from services.settings import Settings
-from services.spec_inputs import check_spec_data, resolve_spec_paths
+from services.spec_inputs import check_spec_data, resolve_spec_paths, run_folder
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,9 @@ class Orchestrator:
         spec = resolve_spec_paths(spec, self.settings.allowed_roots)
         check_spec_data(spec)
         run_id = uuid.uuid4().hex[:12]
-        if spec.output is not None:
-            output = Path(spec.output)
-        else:
-            output = self.settings.workdir / run_id / "outputs"
+        with self.db.session() as session:
+            others = [Path(folder) for folder in session.scalars(select(Run.output))]
+        output = run_folder(spec, run_id, self.settings.workdir, others)
         stages = plan_stages(spec, output)
         with self.db.session() as session:
             run = Run(

@@ -184,6 +184,49 @@ def _check_store(store: str, field: str) -> list[tuple[str, str]]:
     return []
 
 
+def run_folder(spec: RunSpec, run_id: str, workdir: Path, other_runs: Sequence[Path]) -> Path:
+    """The folder a run writes into: ``<spec.output>/<run_id>``, or ``<workdir>/<run_id>/outputs``
+    without ``output``. Named by the run's id, it is the run's own: no other run writes there.
+
+    ``output`` (resolved already) must not overlap the service's workdir, a dataset the spec
+    reads (a folder's images are listed recursively: outputs inside one would be labeled next
+    time), or another run's folder.
+
+    Raises:
+        SpecError: ``output`` overlaps one of those, named.
+    """
+    if spec.output is None:
+        return workdir / run_id / "outputs"
+    parent = Path(spec.output)
+
+    def overlaps(other: Path) -> bool:
+        return parent == other or other in parent.parents or parent in other.parents
+
+    if overlaps(workdir):
+        raise SpecError([("output", f"{parent} overlaps the service's own folder {workdir}")])
+    for field, root in _dataset_roots(spec):
+        if overlaps(Path(root)):
+            raise SpecError([("output", f"{parent} overlaps the dataset {root} ({field})")])
+    for other in other_runs:
+        if other == parent or other in parent.parents:
+            raise SpecError([("output", f"{parent} is inside another run's folder {other}")])
+    return parent / run_id
+
+
+def _dataset_roots(spec: RunSpec) -> list[tuple[str, str]]:
+    """``(field, root)`` of every dataset the spec reads."""
+    roots = [(f"label.sources[{i}].root", s.root) for i, s in enumerate(spec.label.sources)]
+    for name in ("teacher", "student", "finetune"):
+        stage = getattr(spec, name)
+        train = None if stage is None else stage.train
+        if train is None:
+            continue
+        roots.append((f"{name}.train.labeled.root", train.labeled.root))
+        if train.val is not None:
+            roots.append((f"{name}.train.val.root", train.val.root))
+    return roots
+
+
 def check_readable_path(value: str, roots: Sequence[Path], field: str) -> Path:
     """A path a request names to read (e.g. a checkpoint to predict with), resolved inside ``roots``
     and existing as a file.

@@ -276,3 +276,36 @@ def test_a_broken_run_ends_alone_with_its_reason_and_the_others_go_on(setup, dat
     assert f"selftrain-{second}-0-teacher" in backend.submits
     service.orchestrator.step()
     assert client.get(f"/api/runs/{first}", headers=AUTH).json()["status"] == "FAILED"
+
+
+def test_each_run_writes_only_into_a_folder_of_its_own(setup, data_root):
+    client, backend, service = setup
+    data = data_root / "data"
+    out = data / "out"
+
+    def create(output: Path):
+        return client.post("/api/runs", json=_spec(data_root, output=str(output)), headers=AUTH)
+
+    first = create(out)
+    assert first.status_code == 201, first.text
+    first_id = first.json()["id"]
+    run = client.get(f"/api/runs/{first_id}", headers=AUTH).json()
+    assert run["output"] == str(out / first_id)
+    # Two runs given the same output write into two folders, each named by its run.
+    second_id = create(out).json()["id"]
+    assert client.get(f"/api/runs/{second_id}", headers=AUTH).json()["output"] == str(
+        out / second_id
+    )
+    # A folder of another run, the service's own folder, a dataset or a folder holding one: 422.
+    problems = {
+        out / first_id: "is inside another run's folder",
+        out / first_id / "student": "is inside another run's folder",
+        service.settings.workdir: "overlaps the service's own folder",
+        data / "labeled": "overlaps the dataset",
+        data: "overlaps the dataset",
+    }
+    for output, message in problems.items():
+        refused = create(output)
+        assert refused.status_code == 422, output
+        assert refused.json()["detail"][0]["loc"][-1] == "output"
+        assert message in _problems(refused)

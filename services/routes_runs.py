@@ -89,9 +89,11 @@ def stage_logs(run_id: RunId, stage_name: StageName, service: ServiceDep) -> str
         kept, sid, ended = stage.logs, stage.submission_id, stage.status in TERMINAL
     if ended and kept is not None:
         return kept
-    if sid is None or service.backend.info(sid) is None:
+    if sid is None:
         return kept or ""
     try:
+        if service.backend.info(sid) is None:
+            return kept or ""
         return service.backend.logs(sid)
     except ClusterUnavailableError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
@@ -124,6 +126,7 @@ def pseudo_label_picture(
 ) -> Response:
     """Image ``index`` of the store, its colored pseudo label over it, or the label alone (PNG,
     shrunk to the dashboard's width)."""
+    from core.errors import DataError
     from core.io import read_image
     from core.store import ImageStatus
 
@@ -135,7 +138,10 @@ def pseudo_label_picture(
     if view == "label":
         picture = space.colorize(label)
     else:
-        image = read_image(store.image_path(index))
+        try:
+            image = read_image(_servable(store.image_path(index), service.settings.allowed_roots))
+        except DataError as exc:  # damaged since it was labeled
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
         picture = image if view == "image" else overlay(image, label, space.palette())
     return Response(encode_png(shrink(picture)), media_type="image/png")
 
@@ -207,6 +213,17 @@ def _stage(session, run_id: str, stage_name: str) -> Stage:
             status.HTTP_404_NOT_FOUND, f"run {run_id!r} has no stage {stage_name!r}"
         )
     return stage
+
+
+def _servable(path: str, roots: list[Path]) -> Path:
+    """``path`` when it lies inside the data roots now (symlinks resolved), else 404: a store
+    records whatever paths its job was given, and the service serves files of its roots only."""
+    real = Path(path).resolve()
+    if not any(real == root or root in real.parents for root in roots):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{path} is outside the data roots")
+    if not real.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{path} is no longer there")
+    return real
 
 
 def _open_store(service: Service, run_id: str, stage_name: str):

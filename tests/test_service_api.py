@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from service_support import (
@@ -18,7 +19,9 @@ from service_support import (
     write_scenes,
 )
 
+from core.io import write_image
 from core.runfiles import RunFiles
+from core.store import LabelStore
 from services.app import create_app
 from services.orchestrator import Orchestrator
 
@@ -309,3 +312,45 @@ def test_each_run_writes_only_into_a_folder_of_its_own(setup, data_root):
         assert refused.status_code == 422, output
         assert refused.json()["detail"][0]["loc"][-1] == "output"
         assert message in _problems(refused)
+
+
+def test_every_response_carries_the_security_headers(setup):
+    client, _, _ = setup
+    for path in ("/", "/static/app.js", "/api/health", "/api/runs"):
+        headers = client.get(path).headers
+        assert "frame-ancestors 'none'" in headers["content-security-policy"], path
+        assert headers["x-frame-options"] == "DENY"
+        assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_logs_of_a_running_stage_on_a_lost_cluster_are_a_503_not_a_500(setup, data_root):
+    client, backend, service = setup
+    run_id = client.post("/api/runs", json=_spec(data_root), headers=AUTH).json()["id"]
+    service.orchestrator.step()
+    backend.set(f"selftrain-{run_id}-0-teacher", "RUNNING")
+    service.orchestrator.step()
+    backend.down = True
+    logs = client.get(f"/api/runs/{run_id}/stages/teacher/logs", headers=AUTH)
+    assert logs.status_code == 503 and "fake cluster is down" in logs.text
+
+
+def test_a_pseudo_label_picture_is_served_only_from_inside_the_data_roots(
+    setup, data_root, tmp_path
+):
+    client, backend, service = setup
+    run_id = client.post("/api/runs", json=_spec(data_root), headers=AUTH).json()["id"]
+    for stage in ("0-teacher", "1-label-0"):
+        service.orchestrator.step()
+        sid = f"selftrain-{run_id}-{stage}"
+        fake_job_outputs(backend.jobs[sid]["entrypoint"])
+        backend.set(sid, "SUCCEEDED", "Job finished successfully.")
+    service.orchestrator.step()
+    picture = f"/api/runs/{run_id}/stages/label-0/pseudo-labels/0?view=image"
+    assert client.get(picture, headers=AUTH).status_code == 200
+    # The same store pointed at a file outside the roots (as a store made elsewhere may be).
+    run = client.get(f"/api/runs/{run_id}", headers=AUTH).json()
+    store = LabelStore.open(run["stages"][1]["outputs"]["store"])
+    outside = write_image(tmp_path / "secret.png", np.zeros((64, 64, 3), np.uint8))
+    store.tables["paths"][0] = str(outside)
+    refused = client.get(picture, headers=AUTH)
+    assert refused.status_code == 404 and "outside the data roots" in refused.text

@@ -7,6 +7,7 @@ submit safe to retry after a crash.
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,7 @@ class RayJobBackend:
             raise self._unavailable(f"job {submission_id}", exc) from exc
         return JobInfo(
             status=str(getattr(details.status, "value", details.status)),
-            message=details.message,
+            message=strip_ansi(details.message or ""),
             start_time=_seconds(details.start_time),
             end_time=_seconds(details.end_time),
         )
@@ -138,9 +139,18 @@ class RayJobBackend:
 
     def logs(self, submission_id: str) -> str:
         try:
-            return self._jobs().get_job_logs(submission_id)
+            return strip_ansi(self._jobs().get_job_logs(submission_id))
         except (OSError, RuntimeError) as exc:
             raise self._unavailable(f"logs of {submission_id}", exc) from exc
+
+
+# Terminal escape sequences (colours, cursor moves) that Ray's and tqdm's output carries.
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal escape sequences (a log for a browser, not a terminal)."""
+    return _ANSI.sub("", text)
 
 
 def _seconds(milliseconds: int | None) -> float | None:

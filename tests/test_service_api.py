@@ -354,3 +354,10 @@ def test_a_pseudo_label_picture_is_served_only_from_inside_the_data_roots(
     store.tables["paths"][0] = str(outside)
     refused = client.get(picture, headers=AUTH)
     assert refused.status_code == 404 and "outside the data roots" in refused.text
+
+
+def test_job_logs_and_messages_lose_their_terminal_colours():
+    from services.ray_jobs import strip_ansi
+
+    line = "\x1b[36m(RayTrainWorker pid=7)\x1b[0m epoch 3 \x1b[1;31mERROR\x1b[0m \x1b]0;tab\x07ok\n"
+    assert strip_ansi(line) == "(RayTrainWorker pid=7) epoch 3 ERROR ok\n"

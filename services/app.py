@@ -87,12 +87,20 @@ def create_app(
 
 
 def _health(service: ServiceDep) -> Health:
-    """Liveness (no token needed): the service answers and its database can be read."""
+    """Liveness (no token needed): the service answers and its database can be read; and whether
+    the cluster its runs need answers (``degraded`` with the reason when it does not: runs wait
+    for it, then fail after ``cluster_lost_after_s``)."""
     from sqlalchemy import text
+
+    from services.ray_jobs import ClusterUnavailableError
 
     with service.db.session() as session:
         session.execute(text("SELECT 1"))
-    return Health(status="ok", database="ok")
+    try:
+        service.backend.check()
+    except ClusterUnavailableError as exc:
+        return Health(status="degraded", database="ok", cluster=str(exc))
+    return Health(status="ok", database="ok", cluster="ok")
 
 
 def _dashboard() -> FileResponse:

@@ -69,6 +69,8 @@ class Orchestrator:
         self.settings = settings
         # One writer per run at a time: the poll loop and a cancel request must not interleave.
         self._lock = threading.Lock()
+        # Runs whose last step could not reach the cluster, and since when (this process's view).
+        self._unreachable_since: dict[str, float] = {}
 
     # -- creating and cancelling -------------------------------------------------------------
 
@@ -154,11 +156,34 @@ class Orchestrator:
         for run_id in run_ids:
             try:
                 self.advance(run_id)
+                self._unreachable_since.pop(run_id, None)
             except ClusterUnavailableError as exc:
                 log.warning("run %s waits for the cluster: %s", run_id, exc)
+                self._wait_for_cluster(run_id, str(exc))
             except Exception as exc:  # one broken run ends alone; the others go on
                 log.exception("run %s: orchestration failed", run_id)
                 self.fail_run(run_id, f"orchestration error: {type(exc).__name__}: {exc}")
+
+    def _wait_for_cluster(self, run_id: str, reason: str) -> None:
+        """Say on the run's current stage that it waits for the cluster, and why; once it has
+        waited ``cluster_lost_after_s``, end the run FAILED with that reason. A cluster that comes
+        back sooner picks the run up where it was (a job the cluster lost is submitted again
+        and resumes from its checkpoints)."""
+        now = time.time()
+        since = self._unreachable_since.setdefault(run_id, now)
+        waited = now - since
+        if waited >= self.settings.cluster_lost_after_s:
+            self._unreachable_since.pop(run_id, None)
+            self.fail_run(run_id, f"cluster unreachable for {waited:.0f} s: {reason}")
+            return
+        with self._lock, self.db.session() as session:
+            run = session.get(Run, run_id)
+            if run is None or run.status not in IN_FLIGHT:
+                return
+            stage = next((s for s in run.stages if s.status != SUCCEEDED), None)
+            if stage is not None:
+                stage.message = f"waiting for the cluster ({waited:.0f} s): {reason}"[:2000]
+                run.version += 1
 
     def fail_run(self, run_id: str, reason: str) -> None:
         """End a run in flight as FAILED with ``reason`` (on its stage in flight too), and stop

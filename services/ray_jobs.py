@@ -70,6 +70,10 @@ class JobBackend(Protocol):
         """The job's driver log so far."""
         ...
 
+    def check(self) -> None:
+        """Raises ClusterUnavailableError unless the cluster answers."""
+        ...
+
 
 class RayJobBackend:
     """Jobs on a Ray cluster via ``ray.job_submission.JobSubmissionClient``.
@@ -136,6 +140,13 @@ class RayJobBackend:
             self._jobs().stop_job(submission_id)
         except (OSError, RuntimeError) as exc:
             raise self._unavailable(f"stop {submission_id}", exc) from exc
+
+    def check(self) -> None:
+        """Raises ClusterUnavailableError unless the cluster's job API answers."""
+        try:
+            self._jobs().get_version()
+        except (OSError, RuntimeError) as exc:
+            raise self._unavailable("version", exc) from exc
 
     def logs(self, submission_id: str) -> str:
         try:

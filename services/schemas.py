@@ -78,8 +78,11 @@ class RunCreated(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"] = Field(
+        description="ok: database and cluster answer; degraded: the cluster does not"
+    )
     database: Literal["ok"]
+    cluster: str = Field(description="ok, or why the cluster cannot be reached")
 
 
 class ClassShare(BaseModel):

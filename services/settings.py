@@ -32,6 +32,8 @@ class Settings(BaseSettings):
         repo_dir: The repository shipped to Ray as the jobs' working directory.
         job_python: The interpreter named in the jobs' entry points.
         poll_interval_s: How often the orchestrator polls Ray and the SSE streams poll the database.
+        cluster_lost_after_s: A run whose cluster stays unreachable this long ends FAILED with
+            the reason (until then its stage says it is waiting, and why).
         max_upload_bytes: Largest image accepted by ``/api/predict`` (larger: 413).
         max_image_pixels: Largest decoded image (height x width) to predict on (larger: 413).
         max_json_bytes: Largest JSON request body (a run spec).
@@ -52,6 +54,7 @@ class Settings(BaseSettings):
     repo_dir: Path = REPO_DIR
     job_python: str = "python"
     poll_interval_s: float = Field(default=1.0, gt=0)
+    cluster_lost_after_s: float = Field(default=600.0, gt=0)
     max_upload_bytes: int = Field(default=20 * 2**20, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     max_json_bytes: int = Field(default=2**20, gt=0)

@@ -92,6 +92,9 @@ class FakeBackend:
         self._check_up()
         return self.jobs[submission_id]["logs"]
 
+    def check(self) -> None:
+        self._check_up()
+
 
 def make_settings(root: Path, **overrides) -> Settings:
     """Settings with one data root ``root/data`` and the workdir ``root/work``."""

@@ -4,6 +4,7 @@ stage order, no double submission, failure, cancel, logs, events, body limits.""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,8 @@ def setup(data_root, tmp_path):
 
 def test_health_is_open_and_everything_else_needs_the_token(setup):
     client, _, _ = setup
-    assert client.get("/api/health").json() == {"status": "ok", "database": "ok"}
+    health = client.get("/api/health").json()
+    assert health == {"status": "ok", "database": "ok", "cluster": "ok"}
     assert client.get("/api/runs").status_code == 401
     wrong = client.get("/api/runs", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
@@ -361,3 +363,41 @@ def test_job_logs_and_messages_lose_their_terminal_colours():
 
     line = "\x1b[36m(RayTrainWorker pid=7)\x1b[0m epoch 3 \x1b[1;31mERROR\x1b[0m \x1b]0;tab\x07ok\n"
     assert strip_ansi(line) == "(RayTrainWorker pid=7) epoch 3 ERROR ok\n"
+
+
+def test_a_lost_cluster_shows_in_health_and_on_the_run_then_fails_it(setup, data_root):
+    client, backend, service = setup
+    run_id = client.post("/api/runs", json=_spec(data_root), headers=AUTH).json()["id"]
+    service.orchestrator.step()
+    backend.set(f"selftrain-{run_id}-0-teacher", "RUNNING")
+    backend.down = True
+    health = client.get("/api/health").json()
+    assert health["status"] == "degraded" and health["cluster"] == "fake cluster is down"
+    # Waiting: the stage says why; the run is still RUNNING and picks up if the cluster returns.
+    service.orchestrator.step()
+    run = client.get(f"/api/runs/{run_id}", headers=AUTH).json()
+    assert run["status"] == "RUNNING"
+    assert run["stages"][0]["message"].startswith("waiting for the cluster (0 s): fake cluster")
+    backend.down = False
+    service.orchestrator.step()
+    assert client.get(f"/api/runs/{run_id}", headers=AUTH).json()["status"] == "RUNNING"
+    # Down for longer than cluster_lost_after_s: the run ends FAILED with the reason.
+    backend.down = True
+    service.settings.cluster_lost_after_s = 0.05
+    service.orchestrator.step()
+    time.sleep(0.1)
+    service.orchestrator.step()
+    run = client.get(f"/api/runs/{run_id}", headers=AUTH).json()
+    assert run["status"] == "FAILED"
+    assert run["error"].startswith("cluster unreachable for 0 s: fake cluster is down")
+    assert run["stages"][0]["status"] == "FAILED"
+
+
+def test_a_run_created_while_the_cluster_is_unreachable_says_so(setup, data_root):
+    client, backend, service = setup
+    backend.down = True
+    run_id = client.post("/api/runs", json=_spec(data_root), headers=AUTH).json()["id"]
+    service.orchestrator.step()
+    run = client.get(f"/api/runs/{run_id}", headers=AUTH).json()
+    assert run["status"] == "PENDING"
+    assert "waiting for the cluster" in run["stages"][0]["message"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -45,8 +45,19 @@ def check_images_per_shard(images_per_shard: int) -> int:
     return images_per_shard
 
 
+# Bounds that any real cluster and dataset stay within: a value past them is a typo (or an attack
+# on the service), refused when the config is read instead of failing, or never ending, later.
+MAX_EPOCHS = 100_000
+MAX_WORKERS = 1024  # training workers or teacher actors
+MAX_GPUS = 16  # per worker or actor
+MAX_CPUS = 512  # per worker, actor or task
+MAX_SIDE = 16_384  # pixels: crop sizes, windows
+MAX_PIXELS = MAX_SIDE * MAX_SIDE
+
+
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a number must be a number ("10" and true are not 10), names must be known.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class DataSource(StrictModel):
@@ -61,12 +72,19 @@ class DataSource(StrictModel):
     root: str
     split: str = "train"
     label_kind: Literal["labelIds", "labelTrainIds"] = "labelIds"
-    classes: list[str] | None = None
-    id_map: dict[int, int] | None = None
+    # At most 255 classes: train ids are one byte and 255 means ignore.
+    classes: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
+        default=None, max_length=255
+    )
+    # Stored label value (an 8- or 16-bit PNG: 0..65535) -> train id (a class, or 255: ignore).
+    # Not strict: JSON object keys are strings.
+    id_map: dict[Annotated[int, Field(strict=False)], int] | None = Field(
+        default=None, max_length=65_536
+    )
     subset_fraction: float | None = Field(default=None, gt=0, le=1)
     subset_list: str | None = None
-    subset_seed: int = 0
-    n_shot: int | None = Field(default=None, gt=0)
+    subset_seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    n_shot: int | None = Field(default=None, gt=0, le=100_000)
 
     @model_validator(mode="after")
     def _check(self) -> DataSource:
@@ -74,6 +92,19 @@ class DataSource(StrictModel):
             raise ValueError("format 'paired' needs 'classes' (the declared label space)")
         if self.subset_fraction is not None and self.subset_list is not None:
             raise ValueError("give subset_fraction or subset_list, not both")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes: each name once")
+        if self.id_map:
+            n_classes = len(self.classes or ())
+            bad_keys = [k for k in self.id_map if not 0 <= k <= 65_535]
+            bad_ids = [v for v in self.id_map.values() if not (0 <= v < n_classes or v == 255)]
+            if bad_keys:
+                raise ValueError(f"id_map: stored values must be 0..65535, got {bad_keys[:5]}")
+            if bad_ids:
+                raise ValueError(
+                    f"id_map: train ids must be classes 0..{n_classes - 1} or 255, "
+                    f"got {bad_ids[:5]}"
+                )
         return self
 
 
@@ -86,13 +117,13 @@ class InferenceSettings(StrictModel):
 
     mode: InferenceMode = "whole"
     precision: Precision = "fp32"
-    min_centroid_area: int = Field(default=32, ge=1)
-    crop: int | None = Field(default=None, gt=0)
+    min_centroid_area: int = Field(default=32, ge=1, le=MAX_PIXELS)
+    crop: int | None = Field(default=None, gt=0, le=MAX_SIDE)
     scales: list[float] | None = None
     flip: bool | None = None
     # Soft labels: the class probabilities are kept too, averaged over soft_stride x soft_stride
     # pixels (the model's output resolution); None keeps hard labels only.
-    soft_stride: int | None = Field(default=None, ge=1)
+    soft_stride: int | None = Field(default=None, ge=1, le=64)
 
     def identity(self) -> dict:
         """The settings as a label store records and compares them (unused ones left out)."""
@@ -102,7 +133,7 @@ class InferenceSettings(StrictModel):
 class LabelSettings(StrictModel):
     """How a teacher labels: what a user chooses for a label job (REST ``label.options``)."""
 
-    batch_size: int = Field(default=4, gt=0)
+    batch_size: int = Field(default=4, gt=0, le=1024)
     # How the label job lays out its work (core.label_shards): "staged" reads and writes in CPU
     # tasks around teacher actors that only run the model (keeps accelerators busy), "fused" does
     # every step in the teacher actors (no images move between processes: what suits CPU-only
@@ -110,19 +141,21 @@ class LabelSettings(StrictModel):
     layout: LabelLayout = "auto"
     # The teacher actors: a pool that grows from min_actors (default: num_actors, a fixed pool)
     # to num_actors while shards wait for them, each with these GPUs (fractions share one) and CPUs.
-    num_actors: int = Field(default=1, gt=0)
-    min_actors: int | None = Field(default=None, gt=0)
-    gpus_per_actor: float = Field(default=0.0, ge=0)
-    cpus_per_actor: float = Field(default=0.5, gt=0)
+    num_actors: int = Field(default=1, gt=0, le=MAX_WORKERS)
+    min_actors: int | None = Field(default=None, gt=0, le=MAX_WORKERS)
+    gpus_per_actor: float = Field(default=0.0, ge=0, le=MAX_GPUS)
+    cpus_per_actor: float = Field(default=0.5, gt=0, le=MAX_CPUS)
     # CPUs of each read (decode) and write task of the staged layout.
-    cpus_per_task: float = Field(default=0.5, gt=0)
+    cpus_per_task: float = Field(default=0.5, gt=0, le=MAX_CPUS)
     mode: InferenceMode = "whole"
-    scales: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])
+    scales: list[Annotated[float, Field(gt=0, le=8)]] = Field(
+        default_factory=lambda: [0.5, 1.0, 2.0], min_length=1, max_length=16
+    )
     flip: bool = True
-    slide_crop: int = Field(default=512, gt=0)
+    slide_crop: int = Field(default=512, gt=0, le=MAX_SIDE)
     precision: Precision = "fp32"
     channels_last: bool = False
-    min_centroid_area: int = Field(default=32, ge=1)
+    min_centroid_area: int = Field(default=32, ge=1, le=MAX_PIXELS)
     # Keep each image's class probabilities too (float16, averaged over soft_stride x soft_stride
     # pixels), for students trained with soft_labels (the paper's Table 7 ablation).
     soft_labels: bool = False
@@ -176,9 +209,11 @@ class ScheduleConfig(StrictModel):
     """The crop schedule (paper Sec. 3.3); see core.schedule."""
 
     kind: ScheduleKind = "constant"
-    crop_sizes: list[int] = Field(default_factory=lambda: [400, 480, 560, 640, 720, 800])
-    warmup_epochs: int = Field(default=0, ge=0)
-    base_batch_size: int = Field(default=8, gt=0)
+    crop_sizes: list[Annotated[int, Field(gt=0, le=MAX_SIDE)]] = Field(
+        default_factory=lambda: [400, 480, 560, 640, 720, 800], min_length=1, max_length=64
+    )
+    warmup_epochs: int = Field(default=0, ge=0, le=MAX_EPOCHS)
+    base_batch_size: int = Field(default=8, gt=0, le=4096)
     # Batch at a smaller crop = base_batch_size x (largest crop / crop) ** batch_growth: 2 keeps
     # the pixels per step (the paper's bigger batch for small crops), 0 keeps the batch.
     batch_growth: float = Field(default=2.0, ge=0, le=2)
@@ -191,8 +226,8 @@ class ScheduleConfig(StrictModel):
 
 
 class AugmentConfig(StrictModel):
-    scale_min: float = Field(default=0.5, gt=0)
-    scale_max: float = Field(default=2.0, gt=0)
+    scale_min: float = Field(default=0.5, gt=0, le=16)
+    scale_max: float = Field(default=2.0, gt=0, le=16)
     flip: bool = True
     blur: bool = True
     color_jitter: float = Field(default=0.1, ge=0, le=1)
@@ -254,8 +289,8 @@ class TrainSettings(StrictModel):
     model_options: dict = Field(default_factory=dict)
     labeled: DataSource
     val: DataSource | None = None
-    val_every: int = Field(default=1, gt=0)
-    pseudo_per_real: float = Field(default=7.0, ge=0)
+    val_every: int = Field(default=1, gt=0, le=MAX_EPOCHS)
+    pseudo_per_real: float = Field(default=7.0, ge=0, le=1000)
     centroid_sampling: bool = True
     real_centroid_sampling: bool = False
     confidence_threshold: float = Field(default=0.0, ge=0, le=1)
@@ -263,26 +298,26 @@ class TrainSettings(StrictModel):
     ignore_underpredicted: float | None = Field(default=None, gt=0, le=1)
     pseudo_augment: StrongAugmentConfig | None = None
     soft_labels: bool = False
-    samples_per_epoch: int | None = Field(default=None, gt=0)
+    samples_per_epoch: int | None = Field(default=None, gt=0, le=100_000_000)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    epochs: int = Field(default=10, gt=0)
+    epochs: int = Field(default=10, gt=0, le=MAX_EPOCHS)
     mode: TrainMode = "joint"
-    pretrain_epochs: int = Field(default=0, ge=0)
-    lr: float | None = Field(default=None, gt=0)
-    finetune_lr: float = Field(default=0.002, gt=0)
+    pretrain_epochs: int = Field(default=0, ge=0, le=MAX_EPOCHS)
+    lr: float | None = Field(default=None, gt=0, le=10)
+    finetune_lr: float = Field(default=0.002, gt=0, le=10)
     momentum: float = Field(default=0.9, ge=0, lt=1)
-    weight_decay: float = Field(default=1e-4, ge=0)
+    weight_decay: float = Field(default=1e-4, ge=0, le=1)
     ohem: bool = True
     ohem_thresh: float = Field(default=0.7, gt=0, le=1)
-    ohem_min_kept: int = Field(default=100_000, gt=0)
-    num_workers: int = Field(default=1, gt=0)
-    gpus_per_worker: float = Field(default=0.0, ge=0)
-    cpus_per_worker: float = Field(default=1.0, gt=0)
-    loader_workers: int = Field(default=0, ge=0)
+    ohem_min_kept: int = Field(default=100_000, gt=0, le=MAX_PIXELS)
+    num_workers: int = Field(default=1, gt=0, le=MAX_WORKERS)
+    gpus_per_worker: float = Field(default=0.0, ge=0, le=MAX_GPUS)
+    cpus_per_worker: float = Field(default=1.0, gt=0, le=MAX_CPUS)
+    loader_workers: int = Field(default=0, ge=0, le=64)
     precision: Precision = "fp32"
-    max_failures: int = Field(default=2, ge=0)
-    seed: int = 0
+    max_failures: int = Field(default=2, ge=0, le=100)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
 
     @model_validator(mode="before")
     @classmethod
@@ -330,7 +365,7 @@ class TrainJobConfig(TrainSettings):
     role: Role = "student"
     run_name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     storage_path: str
-    pseudo: list[str] = Field(default_factory=list)
+    pseudo: list[str] = Field(default_factory=list, max_length=256)
     init_checkpoint: str | None = None
     ray_address: str | None = None
 

@@ -12,6 +12,7 @@ multi-channel label (a color-coded label, a palette PNG, which OpenCV expands to
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Collection
 from pathlib import Path
 from typing import Literal
@@ -47,8 +48,10 @@ def image_size(data: bytes, name: str = "<bytes>") -> tuple[int, int]:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
+        with warnings.catch_warnings():  # the size is checked by the caller
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(name, f"declares too many pixels ({exc})") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:

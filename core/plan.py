@@ -58,8 +58,8 @@ class TrainStage(StrictModel):
 class LabelStage(StrictModel):
     """Label ``sources`` with the teacher, and/or use existing label ``stores``."""
 
-    sources: list[DataSource] = Field(default_factory=list)
-    stores: list[str] = Field(default_factory=list)
+    sources: list[DataSource] = Field(default_factory=list, max_length=64)
+    stores: list[str] = Field(default_factory=list, max_length=256)
     options: LabelSettings = Field(default_factory=LabelSettings)
 
     @model_validator(mode="after")

@@ -107,8 +107,10 @@ def check_spec_data(spec: RunSpec) -> None:
         stage: TrainStage | None = getattr(spec, name)
         if stage is None:
             continue
-        if stage.checkpoint is not None and not Path(stage.checkpoint).is_file():
-            problems.append((f"{name}.checkpoint", f"{stage.checkpoint} does not exist"))
+        if stage.checkpoint is not None:
+            problems += _check_checkpoint(stage.checkpoint, f"{name}.checkpoint")
+        if name == "teacher" and stage.checkpoint is not None and spec.student.train is not None:
+            problems += _check_teacher_classes(stage.checkpoint, spec.student.train.labeled)
         if stage.train is not None:
             problems += _check_train(stage.train, f"{name}.train")
     for i, source in enumerate(spec.label.sources):
@@ -119,8 +121,39 @@ def check_spec_data(spec: RunSpec) -> None:
         raise SpecError(problems)
 
 
+def _check_checkpoint(path: str, field: str) -> list[tuple[str, str]]:
+    """A given checkpoint exists and loads."""
+    from core.checkpoint import load_checkpoint
+
+    if not Path(path).is_file():
+        return [(field, f"{path} does not exist")]
+    try:
+        load_checkpoint(path)
+    except SelfTrainError as exc:
+        return [(field, str(exc))]
+    return []
+
+
+def _check_teacher_classes(path: str, labeled: DataSource) -> list[tuple[str, str]]:
+    """A given teacher predicts the classes of the student's labeled data (its pseudo labels and
+    the real labels train one model)."""
+    from core.checkpoint import load_checkpoint
+    from core.datasets import open_source
+    from core.labels import LabelSpace
+
+    try:
+        classes = list(LabelSpace.from_dict(load_checkpoint(path)["label_space"]).names)
+        space = open_source(labeled).label_space
+    except SelfTrainError:
+        return []  # reported on the checkpoint's or the dataset's own field
+    if space is None or list(space.names) == classes:
+        return []
+    problem = f"{path} predicts {classes}, the student's labeled data has {list(space.names)}"
+    return [("teacher.checkpoint", problem)]
+
+
 def _check_train(train: TrainSettings, field: str) -> list[tuple[str, str]]:
-    from core.models import list_models
+    from core.models import list_models, model_options
 
     problems: list[tuple[str, str]] = []
     known = list_models()
@@ -128,6 +161,16 @@ def _check_train(train: TrainSettings, field: str) -> list[tuple[str, str]]:
         problems.append(
             (f"{field}.model", f"unknown model {train.model!r}; known: {', '.join(sorted(known))}")
         )
+    else:
+        takes = model_options(train.model)
+        for option in sorted(set(train.model_options) - set(takes)):
+            problems.append(
+                (
+                    f"{field}.model_options.{option}",
+                    f"model {train.model!r} takes no option {option!r}; it takes: "
+                    f"{', '.join(takes) or 'none'}",
+                )
+            )
     image_hw, found = _check_source(train.labeled, f"{field}.labeled")
     problems += found
     if train.val is not None:

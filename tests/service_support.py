@@ -116,17 +116,18 @@ def write_scenes(root: Path, n: int = 4, size: tuple[int, int] = (64, 128), spli
     return write_synthetic_dataset(root, n=n, size=size, split=split)
 
 
-def write_checkpoint(path: Path) -> Path:
-    """A checkpoint of an untrained "small" model with the Cityscapes classes."""
+def write_checkpoint(path: Path, space=None) -> Path:
+    """A checkpoint of an untrained "small" model with the Cityscapes classes (or ``space``'s)."""
     import torch
 
     from core.checkpoint import save_checkpoint
     from core.labels import CITYSCAPES
     from core.models import build_model
 
+    space = space or CITYSCAPES
     torch.manual_seed(0)
-    model = build_model("small", CITYSCAPES.num_classes)
-    return save_checkpoint(path, model, "small", {}, CITYSCAPES, epoch=1)
+    model = build_model("small", space.num_classes)
+    return save_checkpoint(path, model, "small", {}, space, epoch=1)
 
 
 def write_store(path: Path, image_paths: list[Path], checkpoint: str = "ck.pt") -> Path:

@@ -29,8 +29,7 @@ def run_job(script: str, config: Path) -> subprocess.CompletedProcess:
             "student.py",
             "run_name: x\nstorage_path: /tmp/r\nlabeled: {format: folder, root: /tmp}\n"
             'epochs: "ten"\nlr: -1\n',
-            "epochs: Input should be a valid integer, unable to parse string as an integer; "
-            "lr: Input should be greater than 0",
+            "epochs: Input should be a valid integer; lr: Input should be greater than 0",
         ),
         (
             "label.py",

@@ -17,10 +17,12 @@ from service_support import (
     fake_job_outputs,
     make_settings,
     small_run_spec,
+    write_checkpoint,
     write_scenes,
 )
 
 from core.io import write_image
+from core.labels import CAMVID
 from core.runfiles import RunFiles
 from core.store import LabelStore
 from services.app import create_app
@@ -401,3 +403,56 @@ def test_a_run_created_while_the_cluster_is_unreachable_says_so(setup, data_root
     run = client.get(f"/api/runs/{run_id}", headers=AUTH).json()
     assert run["status"] == "PENDING"
     assert "waiting for the cluster" in run["stages"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("student.train.epochs", 10**9, "student.train.epochs: Input should be less than or equal"),
+        ("student.train.epochs", "10", "student.train.epochs: Input should be a valid integer"),
+        ("student.train.epochs", True, "student.train.epochs: Input should be a valid integer"),
+        ("student.train.num_workers", 10**6, "num_workers: Input should be less than or equal"),
+        ("label.options.num_actors", 10**6, "num_actors: Input should be less than or equal"),
+        ("student.train.samples_per_epoch", 10**12, "samples_per_epoch: Input should be less"),
+        ("student.train.lr", 1e300, "student.train.lr: Input should be less than or equal to 10"),
+        ("student.train.pseudo_per_real", 1e308, "pseudo_per_real: Input should be less than"),
+        ("student.train.schedule.crop_sizes", [32] * 100_000, "List should have at most 64"),
+        ("student.train.model_options", {"depth": 9}, "model 'small' takes no option 'depth'"),
+        ("label.stores", ["/s.zarr"] * 5000, "label.stores: List should have at most 256"),
+    ],
+)
+def test_specs_that_would_fail_late_are_refused_at_once(setup, data_root, path, value, message):
+    client, _, _ = setup
+    body = _spec(data_root)
+    *parents, last = path.split(".")
+    node = body
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    start = time.perf_counter()
+    response = client.post("/api/runs", json=body, headers=AUTH)
+    assert time.perf_counter() - start < 5
+    assert message in _problems(response)
+
+
+def test_a_paired_source_beyond_one_byte_of_classes_is_a_422(setup, data_root):
+    client, _, _ = setup
+    body = _spec(data_root)
+    paired = {"format": "paired", "root": str(data_root / "data"), "classes": ["c"] * 300}
+    body["student"]["train"]["labeled"] = paired
+    assert "List should have at most 255 items" in _problems(
+        client.post("/api/runs", json=body, headers=AUTH)
+    )
+    paired.update(classes=["road", "sky"], id_map={"7": 0, "8": 999})
+    assert "id_map: train ids must be classes 0..1 or 255, got [999]" in _problems(
+        client.post("/api/runs", json=body, headers=AUTH)
+    )
+
+
+def test_a_teacher_checkpoint_with_other_classes_is_a_422(setup, data_root, tmp_path):
+    client, _, _ = setup
+    teacher = write_checkpoint(data_root / "data" / "models" / "camvid_teacher.pt", space=CAMVID)
+    body = _spec(data_root)
+    body["teacher"] = {"checkpoint": str(teacher)}
+    problems = _problems(client.post("/api/runs", json=body, headers=AUTH))
+    assert "teacher.checkpoint: " in problems and "predicts ['sky', 'building'" in problems

@@ -24,9 +24,9 @@ import zarr
 from core.configs import IMAGES_PER_SHARD, check_images_per_shard
 from core.errors import StoreError
 from core.labels import LabelSpace
+from core.store_check import class_totals
 from core.store_layout import (
     CENTROID_ROWS,
-    DONE,
     FORMAT,
     FORMAT_VERSION,
     TABLES,
@@ -76,10 +76,14 @@ class LabelStore:
         self._open_arrays()
 
     def _open_arrays(self) -> None:
-        try:
-            self.tables: dict[str, zarr.Array] = {name: self._group[name] for name in TABLES}
-        except KeyError as exc:
-            raise StoreError(self.path, f"damaged label store: {exc.args[0]!r} is missing") from exc
+        self.tables: dict[str, zarr.Array] = {}
+        for name in TABLES:
+            try:
+                self.tables[name] = self._group[name]
+            except KeyError as exc:
+                raise StoreError(self.path, f"damaged label store: {name!r} is missing") from exc
+            except (ValueError, OSError) as exc:  # metadata that is not JSON, or unreadable
+                raise StoreError(self.path, f"damaged label store: {name!r}: {exc}") from exc
         self._image_arrays: dict[str, tuple[zarr.Array, zarr.Array]] = {}
 
     # ----------------------------------------------------------------------------------------------
@@ -349,11 +353,8 @@ class LabelStore:
     def image_arrays(
         self, height: int, width: int, create: bool = False
     ) -> tuple[zarr.Array, zarr.Array]:
-        """The ``labels`` and ``confidence`` arrays of the images of size ``height x width``.
-
-        Raises:
-            StoreError: No image of that size was written (and ``create`` is false).
-        """
+        """The ``labels`` and ``confidence`` arrays of the images of size ``height x width``;
+        StoreError when none of that size were written (and ``create`` is false)."""
         key = size_key(height, width)
         if key not in self._image_arrays:
             if create:
@@ -386,10 +387,9 @@ class LabelStore:
             StoreError: The store keeps no probabilities, or none of that size were written (and
                 ``create`` is false).
         """
-        stride = self.soft_stride
+        stride, key = self.soft_stride, size_key(height, width)
         if stride is None:
             raise StoreError(self.path, "keeps hard labels only; label with soft_labels: true")
-        key = size_key(height, width)
         if create:
             return open_or_create_probability_array(
                 self._group,
@@ -409,8 +409,8 @@ class LabelStore:
     # Reading labels and centroids
 
     def probabilities(self, index: int) -> np.ndarray:
-        """(C, ceil(H / s), ceil(W / s)) float32 class probabilities of a done image, each the
-        average over an s x s cell (s = `soft_stride`)."""
+        """(C, ceil(H / s), ceil(W / s)) float32 class probabilities of a done image (s x s cell
+        averages, s = `soft_stride`)."""
         self._require_done(index)
         height, width = (int(v) for v in self.tables["size"][index])
         return self.probability_array(height, width)[index].astype(np.float32)
@@ -567,7 +567,7 @@ class LabelStore:
 
     def class_pixels(self) -> np.ndarray:
         """(C,) int64 pixels of each class over the done images (from the per-shard totals)."""
-        return self._class_totals(self.statuses())[0]
+        return class_totals(self, self.statuses())[0]
 
     def summary(self) -> dict:
         """JSON-able summary: counts of images by status, and pixels and centroids per class.
@@ -577,7 +577,7 @@ class LabelStore:
         status = self.statuses()
         counts = np.bincount(status, minlength=len(ImageStatus))
         names = self.label_space.names
-        pixels, centroids = self._class_totals(status)
+        pixels, centroids = class_totals(self, status)
         return {
             "path": str(self.path),
             "n_images": self.n_images,
@@ -591,35 +591,6 @@ class LabelStore:
             "settings": self.settings,
             "progress": self.progress,
         }
-
-    def _class_totals(self, status: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(pixels per class, centroids per class) over the done images, summed from the shard
-        totals. A shard whose totals count another number of done images than its status (its
-        writer died between the two writes) is summed from its own rows instead."""
-        num_classes = self.label_space.num_classes
-        pixels = np.zeros(num_classes, dtype=np.int64)
-        centroids = np.zeros(num_classes, dtype=np.int64)
-        if not self.n_images:
-            return pixels, centroids
-        done = status == ImageStatus.DONE
-        done_per_shard = np.bincount(
-            np.flatnonzero(done) // self.images_per_shard, minlength=self.n_shards
-        )
-        totals = self.tables["shard_totals"][:]
-        agree = totals[:, DONE] == done_per_shard
-        pixels += totals[agree, 2 : 2 + num_classes].sum(axis=0)
-        centroids += totals[agree, 2 + num_classes :].sum(axis=0)
-        for shard in np.flatnonzero(~agree):
-            first, stop = self.shard_range(int(shard))
-            shard_done = np.flatnonzero(done[first:stop]) + first
-            if shard_done.size:
-                rows = self.tables["class_pixels"].get_orthogonal_selection(
-                    (shard_done, slice(None))
-                )
-                pixels += rows.sum(axis=0)
-                classes = self.centroids(done=shard_done)[:, 1].astype(np.int64)
-                centroids += np.bincount(classes, minlength=num_classes)[:num_classes]
-        return pixels, centroids
 
 
 def store_info(path: str | Path) -> dict:

@@ -99,10 +99,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_store_info(args: argparse.Namespace) -> int:
-    from core.store import store_info
+    from core.store import LabelStore
+    from core.store_check import verify_store
 
-    print(json.dumps(store_info(args.store), indent=None if args.compact else 2))
-    return 0
+    store = LabelStore.open(args.store, read_only=True)
+    print(json.dumps(store.summary(), indent=None if args.compact else 2))
+    if not args.verify:
+        return 0
+    problems = verify_store(store)
+    for problem in problems:
+        print(f"selftrain store-info: {store.path}: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -164,6 +171,11 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("store-info", help="JSON summary of a label store")
     p.add_argument("store")
     p.add_argument("--compact", action="store_true")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="also read every done image's chunks; one line per problem on stderr, exit 1 if any",
+    )
     p.set_defaults(func=_cmd_store_info)
 
 

@@ -2,6 +2,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from core.errors import StoreError, StoreVersionError
 from core.labeling import describe_teacher, open_for_labeling
 from core.labels import declare_label_space
 from core.store import FORMAT, ImageStatus, LabelStore, store_info
+from selftrain.cli import main as cli_main
 
 SPACE = declare_label_space("toy", ["road", "car", "sky"])
 TEACHER = {"sha256": "aaa", "model_name": "small", "checkpoint": "teacher.pt"}
@@ -489,3 +491,55 @@ def test_a_soft_label_store_keeps_class_probabilities_per_cell(tmp_path):
     write_blocks(hard, 0)
     with pytest.raises(StoreError, match="hard labels only; label with soft_labels: true"):
         hard.probabilities(0)
+
+
+def _damaged_copies(tmp_path) -> dict[str, str]:
+    """A store of 8 done images in 2 shards, and copies of it damaged in four ways."""
+    base = LabelStore.create(
+        tmp_path / "base.zarr",
+        [f"/x/{i}.png" for i in range(8)],
+        None,
+        SPACE,
+        TEACHER,
+        SETTINGS,
+        images_per_shard=4,
+    )
+    for index in range(8):
+        write_blocks(base, index)
+    stores = {}
+    damage = {
+        "status_chunk": lambda p: (p / "status" / "c" / "1").unlink(),
+        "label_chunk": lambda p: _truncate(p / "labels" / "4x6" / "c" / "1" / "0" / "0", 40),
+        "table_metadata": lambda p: _truncate(p / "status" / "zarr.json", 50),
+    }
+    for name, spoil in damage.items():
+        copy = tmp_path / f"{name}.zarr"
+        shutil.copytree(base.path, copy)
+        spoil(copy)
+        stores[name] = str(copy)
+    stores["base"] = str(base.path)
+    return stores
+
+
+def _truncate(path, size: int) -> None:
+    path.write_bytes(path.read_bytes()[:size])
+
+
+def test_store_info_verify_reports_each_damaged_image_in_one_line(tmp_path, capsys):
+    stores = _damaged_copies(tmp_path)
+    assert cli_main(["store-info", "--verify", stores["base"]]) == 0
+    capsys.readouterr()
+    # A lost status chunk: the plain summary cannot tell; --verify can.
+    assert cli_main(["store-info", "--verify", stores["status_chunk"]]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "shard 1: its totals count 4 done images, its status 0" in lines[0]
+    # A truncated label chunk: one line per image it held.
+    assert cli_main(["store-info", "--verify", stores["label_chunk"]]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(": image ")[1].split(" ")[0] for line in lines] == ["4", "5", "6", "7"]
+    assert all("label unreadable" in line for line in lines)
+    # Damaged metadata: one line and exit code 2, with or without --verify.
+    for args in (["store-info"], ["store-info", "--verify"]):
+        assert cli_main([*args, stores["table_metadata"]]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "damaged label store: 'status'" in lines[0]

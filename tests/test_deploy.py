@@ -118,3 +118,24 @@ def test_deploy_configs_validate():
     assert student.pseudo_per_real == 7.0 and student.schedule.kind == "coarse2fine+"
     label = load_config(DEPLOY / "configs" / "label.yaml", LabelJobConfig)
     assert label.teacher_checkpoint == "/data/runs/cityscapes-teacher/best.pt"
+
+
+def _token_env(container: dict) -> dict:
+    return {e["name"]: e for e in container.get("env", []) if e["name"].startswith("RAY_AUTH")}
+
+
+def test_every_ray_cluster_asks_for_a_token_and_the_control_plane_sends_it():
+    for path, doc in _manifests():
+        if doc["kind"] == "RayCluster":
+            for pod in _ray_pod_specs(doc["spec"]):
+                env = _token_env(pod["containers"][0])
+                assert env["RAY_AUTH_MODE"]["value"] == "token", path
+                secret = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+                assert secret == {"name": "selftrain-ray-auth", "key": "auth_token"}
+        elif doc["kind"] == "RayJob":
+            assert doc["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}, path
+        elif doc["kind"] == "Deployment":
+            env = _token_env(doc["spec"]["template"]["spec"]["containers"][0])
+            assert env["RAY_AUTH_MODE"]["value"] == "token"
+            secret = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+            assert secret["name"] == "selftrain-ray-auth"

@@ -26,11 +26,13 @@ class Service:
     backend: JobBackend
     orchestrator: Orchestrator
     models: ModelCache = field(default_factory=ModelCache)
-    # Bounds the predictions running at once (settings.predict_concurrency).
+    # Bounds the predictions running at once (settings.predict_concurrency) and those waiting.
     predict_slots: threading.BoundedSemaphore = field(init=False)
+    predict_waiting: threading.BoundedSemaphore = field(init=False)
 
     def __post_init__(self) -> None:
         self.predict_slots = threading.BoundedSemaphore(self.settings.predict_concurrency)
+        self.predict_waiting = threading.BoundedSemaphore(self.settings.predict_queue)
 
 
 def get_service(request: Request) -> Service:

@@ -39,7 +39,10 @@ MIN_SIDE = 8
         409: {"description": "The run has no trained model yet"},
         413: {"description": "Upload too large, or an image header declaring too many pixels"},
         422: {"description": "Neither or both of run_id and checkpoint, or a bad checkpoint"},
-        503: {"description": "Every prediction slot stayed busy; try again"},
+        503: {
+            "description": "Busy: the wait for a prediction slot was too long, or too many "
+            "requests wait already; try again (Retry-After)"
+        },
     },
 )
 def predict(
@@ -54,7 +57,8 @@ def predict(
 
     The image's size is read from its header and checked before anything is decoded; at most
     ``predict_concurrency`` predictions run at once (FastAPI runs this in its thread pool, off the
-    event loop), the others wait up to ``predict_wait_s`` for a slot.
+    event loop), up to ``predict_queue`` others wait up to ``predict_wait_s`` for a slot, and more
+    are turned away at once (503 with Retry-After).
     """
     settings = service.settings
     data = image.file.read(settings.max_upload_bytes + 1)
@@ -65,16 +69,24 @@ def predict(
     path = _checkpoint_path(service, run_id, checkpoint)
     name = image.filename or "upload"
     size = _check_header(data, name, settings.max_image_pixels)
-    if not service.predict_slots.acquire(timeout=settings.predict_wait_s):
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"{settings.predict_concurrency} predictions running for {settings.predict_wait_s} s; "
-            "try again",
-        )
+    if not service.predict_waiting.acquire(blocking=False):
+        raise _busy(f"{settings.predict_queue} predictions wait already")
+    try:
+        got_slot = service.predict_slots.acquire(timeout=settings.predict_wait_s)
+    finally:
+        service.predict_waiting.release()
+    if not got_slot:
+        raise _busy(f"no prediction slot came free in {settings.predict_wait_s:g} s")
     try:
         return _predict(service, _decode(data, name, size), path, output)
     finally:
         service.predict_slots.release()
+
+
+def _busy(why: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE, f"busy: {why}; try again", headers={"Retry-After": "5"}
+    )
 
 
 def _predict(service: Service, pixels, path: Path, output: Output) -> Response:

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
         predict_concurrency: Predictions running at once (each holds a decoded image and the
             model's activations); more requests wait for a slot.
         predict_wait_s: How long a request waits for a slot before a 503.
+        predict_queue: Requests that may wait for a slot at once; one more gets a 503 at once.
     """
 
     model_config = SettingsConfigDict(env_prefix="SELFTRAIN_", extra="ignore")
@@ -60,7 +61,8 @@ class Settings(BaseSettings):
     max_json_bytes: int = Field(default=2**20, gt=0)
     predict_device: str = "cpu"
     predict_concurrency: int = Field(default=2, gt=0, le=64)
-    predict_wait_s: float = Field(default=30.0, gt=0)
+    predict_wait_s: float = Field(default=120.0, gt=0)
+    predict_queue: int = Field(default=32, gt=0, le=1024)
 
     @model_validator(mode="after")
     def _resolve(self) -> Settings:

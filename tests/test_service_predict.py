@@ -128,7 +128,17 @@ def test_predictions_beyond_the_concurrency_limit_wait_then_get_503(env):
     service.settings.predict_wait_s = 0.2
     try:
         busy = _predict(client, _image(), checkpoint=checkpoint)
-        assert busy.status_code == 503 and "try again" in busy.text
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "5"
+        assert "busy: no prediction slot came free in 0.2 s; try again" in busy.text
+        # With the waiting room full too, a request is turned away without waiting.
+        queue = service.settings.predict_queue
+        assert all(service.predict_waiting.acquire(timeout=1) for _ in range(queue))
+        try:
+            full = _predict(client, _image(), checkpoint=checkpoint)
+            assert full.status_code == 503 and f"{queue} predictions wait already" in full.text
+        finally:
+            for _ in range(queue):
+                service.predict_waiting.release()
     finally:
         service.settings.predict_wait_s = waited
         for _ in range(slots):

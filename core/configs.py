@@ -94,8 +94,8 @@ class DataSource(StrictModel):
             raise ValueError("give subset_fraction or subset_list, not both")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise ValueError("classes: each name once")
-        if self.id_map:
-            n_classes = len(self.classes or ())
+        if self.id_map and self.classes is not None:  # (id_map without classes: see open_source)
+            n_classes = len(self.classes)
             bad_keys = [k for k in self.id_map if not 0 <= k <= 65_535]
             bad_ids = [v for v in self.id_map.values() if not (0 <= v < n_classes or v == 255)]
             if bad_keys:

@@ -84,12 +84,10 @@ def predict_batch(
     Returns:
         Labels (N, H, W) uint8 and confidence (N, H, W) float32, both CPU tensors.
     """
-    with torch.inference_mode():
-        probs = _probabilities(model, images, mode, scales, flip, crop, device, bf16, channels_last)
-        confidence, labels = probs.max(dim=1)
-        labels, confidence = labels.to(torch.uint8).cpu(), confidence.cpu()
-    # Clones made outside inference mode are ordinary tensors that callers may modify in place.
-    return labels.clone(), confidence.clone()
+    labels, confidence, _ = _predict(
+        model, images, None, mode, scales, flip, crop, device, bf16, channels_last
+    )
+    return labels, confidence
 
 
 def predict_soft_batch(
@@ -112,12 +110,35 @@ def predict_soft_batch(
         Labels (N, H, W) uint8, confidence (N, H, W) float32 and probabilities
         (N, C, ceil(H / stride), ceil(W / stride)) float16, CPU tensors.
     """
+    labels, confidence, coarse = _predict(
+        model, images, stride, mode, scales, flip, crop, device, bf16, channels_last
+    )
+    assert coarse is not None
+    return labels, confidence, coarse
+
+
+def _predict(
+    model: nn.Module,
+    images: torch.Tensor | np.ndarray,
+    stride: int | None,
+    mode: InferenceMode,
+    scales: Sequence[float],
+    flip: bool,
+    crop: int,
+    device: str | torch.device,
+    bf16: bool,
+    channels_last: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Labels, confidence and (with ``stride``) the cell-averaged probabilities, CPU tensors."""
     with torch.inference_mode():
         probs = _probabilities(model, images, mode, scales, flip, crop, device, bf16, channels_last)
         confidence, labels = probs.max(dim=1)
-        coarse = F.avg_pool2d(probs, stride, stride, ceil_mode=True)
-        outputs = labels.to(torch.uint8).cpu(), confidence.cpu(), coarse.half().cpu()
-    return outputs[0].clone(), outputs[1].clone(), outputs[2].clone()
+        coarse = None
+        if stride is not None:
+            coarse = F.avg_pool2d(probs, stride, stride, ceil_mode=True).half().cpu()
+        labels, confidence = labels.to(torch.uint8).cpu(), confidence.cpu()
+    # Clones made outside inference mode are ordinary tensors that callers may modify in place.
+    return labels.clone(), confidence.clone(), None if coarse is None else coarse.clone()
 
 
 def _probabilities(

@@ -14,7 +14,7 @@ from fastapi.responses import PlainTextResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy import select
 
-from core.plan import RunSpec
+from core.plan import RunSpec, SpecError
 from services.artifacts import encode_png, overlay, shrink
 from services.db import TERMINAL, Run, Stage
 from services.deps import Service, ServiceDep
@@ -218,9 +218,12 @@ def _stage(session, run_id: str, stage_name: str) -> Stage:
 def _servable(path: str, roots: list[Path]) -> Path:
     """``path`` when it lies inside the data roots now (symlinks resolved), else 404: a store
     records whatever paths its job was given, and the service serves files of its roots only."""
-    real = Path(path).resolve()
-    if not any(real == root or root in real.parents for root in roots):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{path} is outside the data roots")
+    from services.spec_inputs import resolve_path
+
+    try:
+        real = Path(resolve_path(path, roots, "image"))
+    except SpecError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{path} is outside the data roots") from exc
     if not real.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"{path} is no longer there")
     return real

@@ -21,6 +21,8 @@ STUDENTS = (
     "centroid_7to1_init",
     "levers_7to1_init",
     "naive_1to1",
+    "naive_3to1",
+    "naive_7to1",
     "centroid_1to1",
     "centroid_3to1",
     "centroid_7to1_c2f",

@@ -260,10 +260,18 @@ def label_config_of(student: str) -> str:
 
 
 def train_and_evaluate(
-    name: str, seed: int, seed_dir: Path, scale: str, data: dict, env: dict
+    name: str,
+    seed: int,
+    seed_dir: Path,
+    scale: str,
+    data: dict,
+    env: dict,
+    config_dir: Path = CONFIG_DIR,
+    evaluated: bool = True,
 ) -> dict:
-    """Train one model with its job script and evaluate its last checkpoint on every split."""
-    config = resolve_train_config(name, seed, seed_dir, scale)
+    """Train one model with its job script (``config_dir/<name>.yaml``) and, if ``evaluated``,
+    evaluate its last checkpoint on every split."""
+    config = resolve_train_config(name, seed, seed_dir, scale, config_dir)
     config_path = seed_dir / "configs" / f"{name}.yaml"
     files = RunFiles.of(config.storage_path, config.run_name)
     record: dict = {"model": name, "seed": seed, "scale": scale, **describe_config(config)}
@@ -283,6 +291,8 @@ def train_and_evaluate(
         record.update(training_figures(files.read_metrics()), job_wall_s=round(wall, 1))
         checkpoint = files.last
         record["checkpoint"] = str(checkpoint)
+        if not evaluated:
+            return record
         record["evals"], record["evals_multiscale"] = {}, {}
         eval_start = time.perf_counter()
         for split, where in data["eval_splits"].items():
@@ -304,12 +314,14 @@ def train_and_evaluate(
     return record
 
 
-def resolve_train_config(name: str, seed: int, seed_dir: Path, scale: str) -> TrainJobConfig:
-    """``benchmarks/camvid/<name>.yaml`` with absolute paths, the seed, and the scale's overrides.
+def resolve_train_config(
+    name: str, seed: int, seed_dir: Path, scale: str, config_dir: Path = CONFIG_DIR
+) -> TrainJobConfig:
+    """``config_dir/<name>.yaml`` with absolute paths, the seed, and the scale's overrides.
 
     Paths are relative to the seed folder, except ``subset_list`` (relative to the repository).
     """
-    config = load_config(CONFIG_DIR / f"{name}.yaml", TrainJobConfig)
+    config = load_config(config_dir / f"{name}.yaml", TrainJobConfig)
     data = config.model_dump()
     data["seed"] = seed
     data["storage_path"] = under(seed_dir, config.storage_path)
@@ -329,9 +341,11 @@ def resolve_train_config(name: str, seed: int, seed_dir: Path, scale: str) -> Tr
     return TrainJobConfig.model_validate(data)
 
 
-def resolve_label_config(seed_dir: Path, scale: str, name: str = "label") -> LabelJobConfig:
-    """``benchmarks/camvid/<name>.yaml`` with absolute paths (smoke: 5% of the pool)."""
-    config = load_config(CONFIG_DIR / f"{name}.yaml", LabelJobConfig)
+def resolve_label_config(
+    seed_dir: Path, scale: str, name: str = "label", config_dir: Path = CONFIG_DIR
+) -> LabelJobConfig:
+    """``config_dir/<name>.yaml`` with absolute paths (smoke: 5% of the pool)."""
+    config = load_config(config_dir / f"{name}.yaml", LabelJobConfig)
     data = config.model_dump()
     data["teacher_checkpoint"] = under(seed_dir, config.teacher_checkpoint)
     data["store"] = under(seed_dir, config.store)

@@ -48,7 +48,7 @@ from core.label_shards import (
 )
 from core.labeling import LabelingRun, TeacherPredictor
 from core.store import LabelStore
-from jobs.ray_entry import exit_code, init_ray, parse_config
+from jobs.ray_entry import exit_code, init_ray, parse_config, require_resources
 
 # How often the driver publishes progress into the store.
 PROGRESS_INTERVAL_S = 1.0
@@ -243,6 +243,15 @@ def _label_dataset(
     config: LabelJobConfig, labeling: LabelingRun, step: ModelStep
 ) -> ray.data.Dataset:
     init_ray(config.ray_address)
+    actor = {"CPU": config.cpus_per_actor} | (
+        {"GPU": config.gpus_per_actor} if config.gpus_per_actor else {}
+    )
+    require_resources(
+        actor | step.resources,
+        config.min_actors or config.num_actors,
+        "teacher actor",
+        config.ray_address,
+    )
     # Our own progress bar and the store's progress replace Ray Data's bars.
     ray.data.DataContext.get_current().enable_progress_bars = False
     # One row (and one block) per shard: a shard moves through the steps whole, so it has one

@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -22,6 +23,16 @@ from core.configs import load_config
 from core.errors import SelfTrainError
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+# How long a job on a cluster waits for nodes that can hold its workers (a node that restarts, a
+# pod being scheduled) before it fails with the reason; an embedded instance does not wait.
+RESOURCE_WAIT_ENV = "SELFTRAIN_RESOURCE_WAIT_S"
+DEFAULT_RESOURCE_WAIT_S = 120.0
+RESOURCE_POLL_S = 2.0
+
+
+class UnsatisfiableResourcesError(SelfTrainError):
+    """No node of the cluster can hold one worker of the job, or all nodes together not all."""
 
 
 def config_parser(description: str) -> argparse.ArgumentParser:
@@ -89,3 +100,59 @@ def _pythonpath_with(path: str) -> str:
     current = os.environ.get("PYTHONPATH", "")
     parts = [p for p in current.split(os.pathsep) if p]
     return os.pathsep.join([path, *[p for p in parts if p != path]])
+
+
+def require_resources(
+    bundle: dict[str, float], count: int, what: str, address: str | None = None
+) -> None:
+    """Return once the cluster's alive nodes can hold ``count`` workers of ``bundle`` each: one
+    node offers a whole bundle, and all nodes together ``count`` of them (by their total
+    resources: what other jobs hold now is only a wait, not a reason to fail).
+
+    A cluster (``address``, else RAY_ADDRESS: see ``init_ray``) gets ``SELFTRAIN_RESOURCE_WAIT_S``
+    (default 120) to get there; an embedded instance's nodes do not change, so it is asked once.
+    Without the check a job would wait forever on a request that no node can meet (Ray only logs
+    it).
+
+    Raises:
+        UnsatisfiableResourcesError: The nodes cannot hold them, after the wait.
+    """
+    on_cluster = bool(address or os.environ.get("RAY_ADDRESS"))
+    wait_s = (
+        float(os.environ.get(RESOURCE_WAIT_ENV, DEFAULT_RESOURCE_WAIT_S)) if on_cluster else 0.0
+    )
+    deadline = time.monotonic() + wait_s
+    while True:
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        problem = resource_problem(bundle, count, nodes, what)
+        if problem is None:
+            return
+        if time.monotonic() >= deadline:
+            waited = f" (waited {wait_s:.0f} s for nodes)" if wait_s else ""
+            raise UnsatisfiableResourcesError(problem + waited)
+        time.sleep(RESOURCE_POLL_S)
+
+
+def resource_problem(
+    bundle: dict[str, float], count: int, nodes: list[dict[str, float]], what: str
+) -> str | None:
+    """Why ``nodes`` (each node's total resources) cannot hold ``count`` bundles, or None."""
+    asked = _describe(bundle)
+    offered = "; ".join(_describe({k: n.get(k, 0.0) for k in bundle}) for n in nodes) or "none"
+    if not any(all(n.get(k, 0.0) >= v for k, v in bundle.items()) for n in nodes):
+        return (
+            f"no node of the cluster can hold one {what} ({asked}); its alive nodes offer: "
+            f"{offered}"
+        )
+    for key, value in bundle.items():
+        total = sum(n.get(key, 0.0) for n in nodes)
+        if total < count * value:
+            return (
+                f"{count} {what}s need {key} {count * value:g} ({asked} each), but the cluster's "
+                f"alive nodes offer {key} {total:g} in all"
+            )
+    return None
+
+
+def _describe(resources: dict[str, float]) -> str:
+    return ", ".join(f"{key} {value:g}" for key, value in resources.items())

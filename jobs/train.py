@@ -32,7 +32,7 @@ from core.runfiles import RunFiles, RunSummary
 from core.sampling import Sample
 from core.training import EpochPlan, EpochStats, open_training_data
 from core.training_run import TrainingRun
-from jobs.ray_entry import config_parser, exit_code, init_ray
+from jobs.ray_entry import config_parser, exit_code, init_ray, require_resources
 
 STATE_FILE = "state.pt"
 # The val_miou that Ray Train's reports carry for epochs without validation: Ray ranks its
@@ -80,6 +80,7 @@ def run_training(config: TrainJobConfig, epoch_hook: EpochHook | None = None) ->
     resources = {"CPU": config.cpus_per_worker} | (
         {"GPU": config.gpus_per_worker} if use_gpu else {}
     )
+    require_resources(resources, config.num_workers, "training worker", config.ray_address)
     trainer = TorchTrainer(
         train_loop_per_worker=train_worker,
         train_loop_config={"config": config.model_dump(mode="json"), "epoch_hook": epoch_hook},

@@ -225,6 +225,15 @@ class LocalRayHead:
         if self._own_temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
+    def kill(self) -> None:
+        """SIGKILL this head's whole process group, as a crash of its machine would end it; a
+        later ``start`` brings a fresh head up on the same ports with the same token."""
+        process, self.process = self.process, None
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
     def __enter__(self) -> LocalRayHead:
         return self.start()
 

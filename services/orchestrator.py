@@ -156,9 +156,11 @@ class Orchestrator:
         for run_id in run_ids:
             try:
                 self.advance(run_id)
-                self._unreachable_since.pop(run_id, None)
+                if self._unreachable_since.pop(run_id, None) is not None:
+                    log.info("run %s: the cluster answers again", run_id)
             except ClusterUnavailableError as exc:
-                log.warning("run %s waits for the cluster: %s", run_id, exc)
+                if run_id not in self._unreachable_since:  # once per outage, not every poll
+                    log.warning("run %s waits for the cluster: %s", run_id, exc)
                 self._wait_for_cluster(run_id, str(exc))
             except Exception as exc:  # one broken run ends alone; the others go on
                 log.exception("run %s: orchestration failed", run_id)

@@ -72,7 +72,8 @@ def test_resource_problem_names_what_no_node_or_the_whole_cluster_can_hold():
     [
         (
             "train.py",
-            "run_name: gpu\nstorage_path: {tmp}/runs\nlabeled: {{format: cityscapes, root: {tmp}}}\n"
+            "run_name: gpu\nstorage_path: {tmp}/runs\n"
+            "labeled: {{format: cityscapes, root: {tmp}}}\n"
             "gpus_per_worker: 1\ncpus_per_worker: 0.5\n",
             "no node of the cluster can hold one training worker (CPU 0.5, GPU 1)",
         ),

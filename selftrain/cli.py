@@ -98,6 +98,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from core.export import export_onnx
+
+    size = None if args.size is None else parse_size(args.size)
+    images = _check_images(args.images, args.n, size)
+    result = export_onnx(
+        args.checkpoint, args.out, images, args.opset, args.min_agreement, size=size
+    )
+    print(json.dumps(result))
+    return 0
+
+
+def _check_images(folder: str | None, n: int, size: tuple[int, int] | None) -> list:
+    """The first ``n`` images of ``folder`` (sorted, recursive), else ``n`` synthetic scenes in
+    two sizes (``size`` if one is fixed), so the check covers more than one height and width."""
+    import numpy as np
+
+    from core.configs import DataSource
+    from core.datasets import open_source
+    from core.io import read_image
+    from core.synth import generate_scene
+
+    if folder is not None:
+        paths = open_source(DataSource(format="folder", root=folder)).image_paths()[:n]
+        return [read_image(path) for path in paths]
+    rng = np.random.default_rng(0)
+    sizes = [size] if size is not None else [(256, 512), (192, 320)]
+    return [generate_scene(rng, sizes[i % len(sizes)])[0] for i in range(n)]
+
+
 def _cmd_store_info(args: argparse.Namespace) -> int:
     from core.store import LabelStore
     from core.store_check import verify_store
@@ -142,7 +172,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
-    """synth, models, evaluate, store-info."""
+    """synth, models, evaluate, export, store-info."""
     p = sub.add_parser("synth", help="write synthetic driving scenes in the Cityscapes layout")
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, required=True)
@@ -167,6 +197,24 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["whole", "slide", "multiscale"], default="whole")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "export",
+        help="a checkpoint as ONNX (uint8 RGB in, logits out), checked with ONNX Runtime",
+    )
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", required=True, help="the .onnx file (written only if the check passes)")
+    p.add_argument(
+        "--size",
+        help="HxW: a fixed input size (needed by models with pyramid pooling: fast_scnn, pspnet); "
+        "default: any height and width",
+    )
+    p.add_argument("--images", help="check images: a folder (default: synthetic scenes)")
+    p.add_argument("--n", type=int, default=8, help="check images to use")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--min-agreement", type=float, default=0.999)
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("store-info", help="JSON summary of a label store")
     p.add_argument("store")

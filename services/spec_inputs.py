@@ -14,6 +14,7 @@ from pathlib import Path
 from core.configs import DataSource, TrainSettings
 from core.errors import SelfTrainError
 from core.plan import RunSpec, SpecError, TrainStage
+from core.weights import is_weights_name
 
 
 def resolve_path(value: str, roots: Sequence[Path], field: str) -> str:
@@ -74,7 +75,8 @@ def resolve_spec_paths(spec: RunSpec, roots: Sequence[Path]) -> RunSpec:
             if train.get(key):
                 _fix_source(fix, train[key], f"{name}.train.{key}")
         options = train.get("model_options") or {}
-        if isinstance(options.get("backbone_weights"), str):
+        weights = options.get("backbone_weights")
+        if isinstance(weights, str) and not is_weights_name(weights):  # a file, not a name
             fix(options, "backbone_weights", f"{name}.train.model_options.backbone_weights")
     label = data["label"]
     for i, source in enumerate(label.get("sources", [])):

@@ -19,6 +19,7 @@ from torch import nn
 
 from core.errors import CheckpointError, ConfigError
 from core.models.blocks import init_weights
+from core.weights import resolve_weights
 
 # Stages 3 and 4 (index 2 and 3) are the ones that trade stride for dilation.
 _DILATIONS = {32: (1, 1, 1, 1), 16: (1, 1, 1, 2), 8: (1, 1, 2, 4)}
@@ -159,7 +160,8 @@ def resnext50_32x4d(output_stride: int = 32, weights: str | Path | None = None) 
 
 
 def load_backbone_weights(backbone: ResNet, path: str | Path) -> None:
-    """Loads a torchvision-format ResNet state dict file into ``backbone`` in place.
+    """Loads a torchvision-format ResNet state dict file, or named weights (core.weights, e.g.
+    ``torchvision:resnet50.IMAGENET1K_V2``), into ``backbone`` in place.
 
     ``fc.*`` keys are ignored. ``num_batches_tracked`` buffers may be absent (torchvision's older
     ImageNet files lack them). Every other key must be present with the right shape.
@@ -168,7 +170,7 @@ def load_backbone_weights(backbone: ResNet, path: str | Path) -> None:
         CheckpointError: The file is missing, unreadable, not a state dict, or its keys or shapes
             do not match the backbone (the message lists the first offending keys).
     """
-    path = Path(path)
+    path = resolve_weights(path)
     if not path.is_file():
         raise CheckpointError(path, "backbone weights file not found")
     try:

@@ -283,6 +283,10 @@ class TrainSettings(StrictModel):
         finetune_lr: The lr a finetune starts from (the paper's 0.002): mode ``finetune``'s
             default, and where mode ``pretrain_finetune`` restarts its poly decay when it
             switches from pseudo to real labels.
+        precision: ``bf16`` runs forward and loss under bfloat16 autocast (GPUs with bf16).
+        compile: Train a ``torch.compile``d model (off by default: compiling costs start-up time,
+            once per crop size until shapes are marked dynamic, and needs a C++ compiler on CPU;
+            checkpoints hold the plain model's weights either way).
     """
 
     model: str = "small"
@@ -316,6 +320,7 @@ class TrainSettings(StrictModel):
     cpus_per_worker: float = Field(default=1.0, gt=0, le=MAX_CPUS)
     loader_workers: int = Field(default=0, ge=0, le=64)
     precision: Precision = "fp32"
+    compile: bool = False
     max_failures: int = Field(default=2, ge=0, le=100)
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
 

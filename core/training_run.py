@@ -108,13 +108,15 @@ class TrainingRun:
 
     def trained_module(self) -> nn.Module:
         """The module to train: the model, wrapped in DistributedDataParallel over several ranks
-        (with synchronized BatchNorm on GPUs)."""
-        if self.world_size == 1:
-            return self.model
-        if self.device.type == "cuda":
-            self.model = convert_sync_batchnorm(self.model)
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(self.model, device_ids=ids)
+        (with synchronized BatchNorm on GPUs), and compiled when the config asks."""
+        module = self.model
+        if self.world_size > 1:
+            if self.device.type == "cuda":
+                self.model = convert_sync_batchnorm(self.model)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = DistributedDataParallel(self.model, device_ids=ids)
+        # self.model stays the plain module: checkpoints and validation use its weights.
+        return torch.compile(module) if self.config.compile else module
 
     def train_epoch(self, trained: nn.Module, epoch: int) -> EpochResult:
         """Train this rank's part of ``epoch``, validate when due, and record the epoch."""

@@ -370,3 +370,33 @@ def test_open_training_data_sets_the_levers_of_each_store(tmp_path):
     # each class's threshold at its lowest confidence.
     assert reader.ignored_classes.tolist() == []
     np.testing.assert_array_equal(reader.class_thresholds, [200, 200, 100])
+
+
+def test_a_compiled_model_trains_like_the_plain_one(tmp_path):
+    """``compile: true`` on CPU (inductor): the same losses and weights as eager, within float
+    tolerance, and the checkpointed model is the plain module."""
+    _paired(tmp_path / "real", 4)
+    results = {}
+    for compiled in (False, True):
+        config = _config(
+            tmp_path,
+            run_name=f"compile-{compiled}",
+            epochs=2,
+            samples_per_epoch=4,
+            schedule=ScheduleConfig(kind="constant", crop_sizes=[32], base_batch_size=2),
+            augment=PLAIN,
+            ohem=False,
+            compile=compiled,
+        )
+        torch.manual_seed(0)
+        run = TrainingRun.start(config, torch.device("cpu"))
+        trained = run.trained_module()
+        assert (trained is run.model) is not compiled
+        losses = [run.train_epoch(trained, epoch).row.loss for epoch in run.remaining_epochs()]
+        results[compiled] = (losses, run.model.state_dict())
+    eager_losses, eager_state = results[False]
+    compiled_losses, compiled_state = results[True]
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+    assert set(compiled_state) == set(eager_state)  # no "_orig_mod." prefixes
+    for key, value in eager_state.items():
+        torch.testing.assert_close(compiled_state[key], value, rtol=1e-3, atol=1e-4, msg=key)

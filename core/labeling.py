@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -312,14 +312,17 @@ class LabelingRun:
         """The images to label grouped by shard: ``(shard, its indices)``; one writer each."""
         return self.store.shards_of(self.todo)
 
-    def count(self, outcome: Outcome, publish_every_s: float = 1.0, model_s: float = 0.0) -> None:
-        """Count one image's outcome (and its share of the teacher's time in the model); publish
-        progress when ``publish_every_s`` has passed."""
+    def count(
+        self, outcomes: Mapping[Outcome, int], publish_every_s: float = 1.0, model_s: float = 0.0
+    ) -> None:
+        """Count the outcomes of a shard's images (and the teacher's time in the model for them);
+        publish progress when ``publish_every_s`` has passed."""
         now = time.perf_counter()
         self.model_s += model_s
         if self.first_result_s is None:
             self.first_result_s = now - self.started
-        self.counts[outcome] += 1
+        for outcome, n in outcomes.items():
+            self.counts[outcome] += n
         if now - self.published >= publish_every_s:
             self.published = now
             done = self.before[DONE] + self.counts[DONE] + self.counts[SKIPPED]

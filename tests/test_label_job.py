@@ -14,7 +14,7 @@ from core.configs import DataSource, LabelJobConfig
 from core.errors import StoreError
 from core.inference import predict, predict_soft_batch
 from core.io import read_image, write_image
-from core.label_shards import DONE, SKIPPED
+from core.label_shards import DONE, FAILED, SKIPPED
 from core.labels import CITYSCAPES_TRAIN_IDS
 from core.models import build_model
 from core.store import ImageStatus, LabelStore
@@ -137,6 +137,8 @@ def test_bad_files_fail_alone_with_their_reasons(ray_local, teacher, images, tmp
     config = config_for(teacher, images, tmp_path / "labels.zarr", layout=layout)
     result = run(config, progress_bar=False)
     assert (result["n_done"], result["n_failed"]) == (N_IMAGES, 3)
+    # The driver's counts (one row per shard) agree with the store.
+    assert (result["labeled"], result["failed"], result["skipped"]) == (N_IMAGES, 3, 0)
     store = LabelStore.open(tmp_path / "labels.zarr")
     reasons = {path.rsplit("/", 1)[1]: reason for _, path, reason in store.failures()}
     assert reasons == {
@@ -197,8 +199,10 @@ def test_actor_skips_images_already_done(teacher, tmp_path, one_thread):
     store.write(0, sentinel, np.zeros_like(sentinel), np.zeros((0, 4)), run=5)
     labeler = TeacherLabeler(config.store, teacher_step(config), 6, 4, config.min_centroid_area)
     out = labeler({"shard": np.array([0]), "indices": np.array([[0, 1]])})
-    assert out["index"].tolist() == [0, 1]
-    assert out["outcome"].tolist() == [SKIPPED, DONE]
+    # One row for the shard: image 0 was done already, image 1 is labeled now.
+    assert out["shard"].tolist() == [0]
+    assert (out[SKIPPED].tolist(), out[DONE].tolist(), out[FAILED].tolist()) == ([1], [1], [0])
+    assert out["failures"].tolist() == ["[]"]
     store = LabelStore.open(config.store)
     np.testing.assert_array_equal(store.label(0), sentinel)
     assert [store.image_record(i)["run"] for i in (0, 1)] == [5, 6]

@@ -193,6 +193,24 @@ class LabelSettings(StrictModel):
         )
 
 
+class TrackingSettings(StrictModel):
+    """Where a job logs its MLflow run (core.tracking); filled in by whoever runs the stages.
+
+    Attributes:
+        uri: MLflow's tracking URI (a server, or ``sqlite:///...`` on this machine).
+        experiment: The MLflow experiment.
+        run_name: The self-training run's name (its parent MLflow run).
+        parent_run_id: The parent MLflow run the stage's run is nested under.
+        artifacts: Where a new experiment keeps artifacts (default: the server's choice).
+    """
+
+    uri: str = Field(min_length=1, max_length=2000)
+    experiment: str = Field(default="selftrain", min_length=1, max_length=200)
+    artifacts: str | None = Field(default=None, max_length=2000)
+    run_name: str | None = Field(default=None, max_length=200)
+    parent_run_id: str | None = Field(default=None, max_length=100)
+
+
 class LabelJobConfig(LabelSettings):
     """The pseudo-label job: a teacher labels unlabeled images into a Zarr label store.
 
@@ -203,6 +221,7 @@ class LabelJobConfig(LabelSettings):
     source: DataSource
     store: str
     ray_address: str | None = None
+    tracking: TrackingSettings | None = None
 
 
 class ScheduleConfig(StrictModel):
@@ -373,6 +392,7 @@ class TrainJobConfig(TrainSettings):
     pseudo: list[str] = Field(default_factory=list, max_length=256)
     init_checkpoint: str | None = None
     ray_address: str | None = None
+    tracking: TrackingSettings | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TrainJobConfig:

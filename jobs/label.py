@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -50,6 +51,7 @@ from core.label_shards import (
 )
 from core.labeling import LabelingRun, TeacherPredictor
 from core.store import LabelStore
+from core.tracking import stage_tracker
 from jobs.ray_entry import exit_code, init_ray, parse_config, require_resources
 
 # How often the driver publishes progress into the store.
@@ -228,6 +230,9 @@ def run(config: LabelJobConfig, progress_bar: bool = True, step: ModelStep | Non
         The run's summary (core.labeling.LabelingRun.finish).
     """
     labeling = LabelingRun.start(config)
+    tracker = stage_tracker(config.tracking, str(labeling.store.path), Path(config.store).stem)
+    if tracker is not None:
+        tracker.log_params(config.model_dump(mode="json", exclude={"tracking"}))
     state: Literal["finished", "failed"] = "failed"
     try:
         if len(labeling.todo):
@@ -244,6 +249,11 @@ def run(config: LabelJobConfig, progress_bar: bool = True, step: ModelStep | Non
         state = "finished"
     finally:
         summary = labeling.finish(state)
+        if tracker is not None:
+            numbers = {k: v for k, v in summary.items() if isinstance(v, int | float)}
+            tracker.log_metrics(numbers)
+            tracker.log_dict(labeling.store.summary(), "store_summary.json")
+            tracker.finish("FINISHED" if state == "finished" else "FAILED")
     return summary
 
 

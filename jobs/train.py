@@ -30,6 +30,7 @@ from core.configs import Role, TrainJobConfig, load_config
 from core.errors import ConfigError
 from core.runfiles import RunFiles, RunSummary
 from core.sampling import Sample
+from core.tracking import stage_tracker
 from core.training import EpochPlan, EpochStats, open_training_data
 from core.training_run import TrainingRun
 from jobs.ray_entry import config_parser, exit_code, init_ray, require_resources
@@ -98,7 +99,20 @@ def run_training(config: TrainJobConfig, epoch_hook: EpochHook | None = None) ->
         ),
     )
     trainer.fit()
-    return files.summary()
+    summary = files.summary()
+    _track_end(config, files)
+    return summary
+
+
+def _track_end(config: TrainJobConfig, files: RunFiles) -> None:
+    """The checkpoint as an artifact of the stage's MLflow run, which ends there."""
+    tracker = stage_tracker(config.tracking, str(files.directory), config.run_name)
+    if tracker is None:
+        return
+    checkpoint = files.checkpoint()
+    if checkpoint is not None:
+        tracker.log_artifact(checkpoint)
+    tracker.finish()
 
 
 def train_worker(loop_config: dict) -> None:
@@ -113,6 +127,12 @@ def train_worker(loop_config: dict) -> None:
         with checkpoint.as_directory() as directory:
             run.restore(load_checkpoint(Path(directory) / STATE_FILE))
     trained = run.trained_module()
+    tracker = None
+    if rank == 0:  # rank 0 logs; a resumed job finds its MLflow run again by the run folder
+        files = RunFiles.of(config.storage_path, config.run_name)
+        tracker = stage_tracker(config.tracking, str(files.directory), config.run_name)
+        if tracker is not None:
+            tracker.log_params(config.model_dump(mode="json", exclude={"tracking"}))
     for epoch in run.remaining_epochs():
         result = run.train_epoch(trained, epoch)
         if epoch_hook is not None:
@@ -121,6 +141,8 @@ def train_worker(loop_config: dict) -> None:
             epoch_hook(
                 EpochEvent(rank, world_size, epoch, result.plan, positions, samples, result.stats)
             )
+        if tracker is not None:
+            tracker.log_epoch(result.row)
         val_miou = result.row.val_miou
         reported = {
             **result.row.model_dump(),

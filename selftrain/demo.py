@@ -35,6 +35,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -56,11 +57,18 @@ from core.labels import LabelSpace
 from core.plan import LabelStage, PlannedStage, RunSpec, TrainStage, job_config, plan_stages
 from core.store import LabelStore
 from core.synth import write_synthetic_dataset
-from selftrain.local import plan_local_run, run_stage, score, start_ray, trained_checkpoints
+from selftrain.local import (
+    plan_local_run,
+    run_stage,
+    score,
+    start_ray,
+    tracked_run,
+    trained_checkpoints,
+)
 from services.spec_inputs import resolve_spec_paths
 
 # What run_demo writes into the work folder (and deletes first, so every demo starts fresh).
-DEMO_OUTPUTS = ("data", "runs", "pseudo_labels.png", "results.json")
+DEMO_OUTPUTS = ("data", "runs", "pseudo_labels.png", "results.json", "mlflow.db", "mlartifacts")
 # Where the scenes go, relative to the work folder; the run spec names them so.
 LABELED = DataSource(format="cityscapes", root="data/source", split="train")
 UNLABELED = DataSource(format="folder", root="data/unlabeled")
@@ -379,9 +387,11 @@ def run_demo(
     # created (data exists, crops fit, models known): the same stages as planned above.
     planned = plan_local_run(config.run, paths.runs, [paths.workdir])
     stages.run("ray", "starting Ray in this process", start_ray)
-    for stage in jobs:
-        title = _stage_title(stage, scenes)
-        stages.run(stage.name, title, lambda stage=stage: run_stage(stage, progress))
+    with tracked_run(paths.workdir, f"demo seed {scenes.seed}") as tracking:
+        for stage in jobs:
+            title = _stage_title(stage, scenes)
+            run = partial(run_stage, stage, progress, tracking)
+            stages.run(stage.name, title, run)
     checkpoints = trained_checkpoints(planned)
     tests = {
         domain: source.model_copy(update={"root": str(paths.workdir / source.root)})

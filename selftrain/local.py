@@ -10,18 +10,20 @@ every trained model is scored on the ``--test`` sets, which no stage reads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from core.configs import DataSource, TrainJobConfig, load_config
+from core.configs import DataSource, TrackingSettings, TrainJobConfig, load_config
 from core.errors import ConfigError
 from core.evaluate import evaluate_checkpoint
 from core.plan import PlannedStage, RunSpec, job_config, plan_stages, with_existing_inputs
 from core.runfiles import RunFiles, resolve_checkpoint
+from core.tracking import end_parent, local_tracking, start_parent
 from selftrain.progress import EpochProgress
 from services.spec_inputs import check_spec_data, resolve_spec_paths
 
@@ -34,17 +36,38 @@ def plan_local_run(spec: RunSpec, output: Path, roots: Sequence[Path]) -> list[P
     return plan_stages(resolved, output)
 
 
-def run_stage(stage: PlannedStage, progress: bool = True) -> None:
-    """Run one planned job stage in this process, as the control plane's job would on Ray."""
+def run_stage(
+    stage: PlannedStage, progress: bool = True, tracking: TrackingSettings | None = None
+) -> None:
+    """Run one planned job stage in this process, as the control plane's job would on Ray; with
+    ``tracking``, the stage logs its MLflow run there (core.tracking)."""
     from jobs import label, train  # Ray Train and Ray Data are heavy imports
 
-    config = job_config(with_existing_inputs(stage))
+    config = job_config(with_existing_inputs(stage)).model_copy(update={"tracking": tracking})
     if isinstance(config, TrainJobConfig):
         files = RunFiles.of(config.storage_path, config.run_name)
         with EpochProgress(files.metrics, config.epochs, stage.name, enabled=progress):
             train.run_training(config)
     else:
         label.run(config, progress_bar=progress)
+
+
+@contextlib.contextmanager
+def tracked_run(folder: Path, name: str) -> Iterator[TrackingSettings | None]:
+    """The run's MLflow run in ``folder/mlflow.db`` when MLflow is installed (else None): the
+    stages run inside it and nest theirs under it; it ends FAILED if they raise."""
+    tracking = local_tracking(folder, name)
+    if tracking is None:
+        yield None
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    parent = start_parent(tracking)
+    try:
+        yield tracking.model_copy(update={"parent_run_id": parent})
+    except BaseException:
+        end_parent(tracking, parent, "FAILED")
+        raise
+    end_parent(tracking, parent)
 
 
 def start_ray() -> None:
@@ -90,13 +113,14 @@ def run_local(
     planned = plan_local_run(spec, output, roots)
     start_ray()
     seconds = {}
-    for stage in planned:
-        if stage.given:
-            continue
-        echo(f"[{stage.index + 1}/{len(planned)}] {stage.name} ({stage.kind})")
-        started = time.perf_counter()
-        run_stage(stage, progress)
-        seconds[stage.name] = round(time.perf_counter() - started, 1)
+    with tracked_run(output, spec.name) as tracking:
+        for stage in planned:
+            if stage.given:
+                continue
+            echo(f"[{stage.index + 1}/{len(planned)}] {stage.name} ({stage.kind})")
+            started = time.perf_counter()
+            run_stage(stage, progress, tracking)
+            seconds[stage.name] = round(time.perf_counter() - started, 1)
     checkpoints = trained_checkpoints(planned)
     results = score(checkpoints, tests)
     summary = {

@@ -229,6 +229,36 @@ def test_quick_demo_command_runs_end_to_end(tmp_path):
     assert "mIoU source" in printed
     assert "The student started from the teacher's weights and trained 3 epochs" in printed
     assert "the control trained the same way on the labeled scenes only" in printed
+    check_tracked_runs(workdir, DemoConfig.quick())
+
+
+def check_tracked_runs(workdir: Path, config: DemoConfig) -> None:
+    """The demo's MLflow store, read back with MLflow's own client: one run for the demo, each
+    stage nested under it, per-epoch metrics, the config as params, checkpoints as artifacts."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir.resolve() / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("selftrain")
+    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"demo seed 0", "teacher", "label-0", "control", "student"}
+    parent = runs.pop("demo seed 0")
+    assert parent.info.status == "FINISHED"
+    for name, run in runs.items():
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id, name
+        assert run.info.status == "FINISHED", name
+    for name in ("teacher", "control", "student"):
+        train = config.run.student.train if name != "teacher" else config.run.teacher.train
+        losses = client.get_metric_history(runs[name].info.run_id, "loss")
+        assert [m.step for m in sorted(losses, key=lambda m: m.step)] == list(range(train.epochs))
+        params = runs[name].data.params
+        assert params["model"] == "small" and params["epochs"] == str(train.epochs)
+        artifacts = [a.path for a in client.list_artifacts(runs[name].info.run_id)]
+        assert artifacts in (["best.pt"], ["last.pt"]), (name, artifacts)
+    label = runs["label-0"].data
+    n_unlabeled = config.scenes.n_unlabeled_source + config.scenes.n_unlabeled_target
+    assert label.metrics["n_done"] == n_unlabeled
+    label_artifacts = client.list_artifacts(runs["label-0"].info.run_id)
+    assert "store_summary.json" in [a.path for a in label_artifacts]
 
 
 def test_the_demo_trains_a_labeled_only_control_at_the_students_budget(tmp_path):

@@ -63,8 +63,7 @@ def export_onnx(
     Args:
         checkpoint: A checkpoint (core.checkpoint).
         out: The ``.onnx`` file to write.
-        images: Check images, uint8 RGB ``(H, W, 3)``, of one size or several; each runs alone
-            through both (batch 1) and, when they share a size, all together (batch N).
+        images: Check images, uint8 RGB ``(H, W, 3)``, one size or several (see ``compare``).
         opset: The ONNX opset.
         min_agreement: Smallest fraction of pixels on which both argmaxes must agree.
         size: A fixed input (height, width); the check images are resized to it.
@@ -86,16 +85,7 @@ def export_onnx(
     model, label_space, checkpoint_dict = load_model(checkpoint)
     deployable = Deployable(model).eval()
     partial = out.with_name(out.name + ".partial")
-    try:
-        _export(deployable, images[0], partial, opset, dynamic_size=size is None)
-    except ExportError as exc:
-        if size is None and "adaptive_avg_pool2d" in str(exc):
-            raise ExportError(
-                f"{checkpoint_dict['model_name']} pools to fixed bins, which ONNX cannot do for a "
-                "height and width only known at run time: export it for one input size "
-                "(size=(H, W); selftrain export --size HxW)"
-            ) from exc
-        raise
+    _export_explained(deployable, images[0], partial, opset, size, checkpoint_dict["model_name"])
     try:
         check = compare(deployable, partial, images)
     except Exception:
@@ -118,6 +108,27 @@ def export_onnx(
         "classes": list(label_space.names),
         **check,
     }
+
+
+def _export_explained(
+    model: nn.Module,
+    example: np.ndarray,
+    path: Path,
+    opset: int,
+    size: tuple[int, int] | None,
+    model_name: str,
+) -> None:
+    """``_export``, saying what to do when a model cannot have a free height and width."""
+    try:
+        _export(model, example, path, opset, dynamic_size=size is None)
+    except ExportError as exc:
+        if size is None and "adaptive_avg_pool2d" in str(exc):
+            raise ExportError(
+                f"{model_name} pools to fixed bins, which ONNX cannot do for a height and width "
+                "only known at run time: export it for one input size (size=(H, W); selftrain "
+                "export --size HxW)"
+            ) from exc
+        raise
 
 
 def _export(
@@ -167,8 +178,9 @@ def _export(
 
 
 def compare(model: nn.Module, path: Path, images: Sequence[np.ndarray]) -> dict:
-    """Run ``images`` through ``model`` and through ONNX Runtime on ``path``; the largest logit
-    difference, the fraction of pixels with the same argmax, and each side's images per second."""
+    """Run ``images`` through ``model`` and through ONNX Runtime on ``path``, each alone (batch 1)
+    and, when they share a size, all together; the largest logit difference, the fraction of
+    pixels with the same argmax, and each side's images per second."""
     try:
         import onnxruntime
     except ImportError as exc:

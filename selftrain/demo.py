@@ -327,6 +327,19 @@ def write_pseudo_label_picture(
     return out
 
 
+def _run_jobs(
+    jobs: list[PlannedStage], stages: _Stages, paths: DemoPaths, scenes: DemoScenes, progress: bool
+) -> None:
+    """The job stages in order, tracked in the work folder's MLflow store when MLflow is there."""
+    with tracked_run(paths.workdir, f"demo seed {scenes.seed}") as tracking:
+        for stage in jobs:
+            stages.run(
+                stage.name,
+                _stage_title(stage, scenes),
+                partial(run_stage, stage, progress, tracking),
+            )
+
+
 class _Stages:
     """Numbered stage headers with the time each stage took."""
 
@@ -387,11 +400,7 @@ def run_demo(
     # created (data exists, crops fit, models known): the same stages as planned above.
     planned = plan_local_run(config.run, paths.runs, [paths.workdir])
     stages.run("ray", "starting Ray in this process", start_ray)
-    with tracked_run(paths.workdir, f"demo seed {scenes.seed}") as tracking:
-        for stage in jobs:
-            title = _stage_title(stage, scenes)
-            run = partial(run_stage, stage, progress, tracking)
-            stages.run(stage.name, title, run)
+    _run_jobs(jobs, stages, paths, scenes, progress)
     checkpoints = trained_checkpoints(planned)
     tests = {
         domain: source.model_copy(update={"root": str(paths.workdir / source.root)})

@@ -156,6 +156,9 @@ class LocalRayHead:
         # On SIGTERM `ray start` first drains the node for up to 30 s (for Ray Serve); nothing
         # here needs that, and a stop should be quick.
         env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
+        # Ray gives its dashboard 60 s to come up and then gives up on the head; a busy 2-core
+        # machine can need longer (measured: missed at load 15), and we wait `timeout_s` anyway.
+        env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "180")
         # A job's `python ...` entry point is this environment's interpreter.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

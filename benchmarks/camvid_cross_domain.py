@@ -33,11 +33,12 @@ import sys
 import time
 from pathlib import Path
 
-from camvid_data import DEFAULT_CAMVID, build_once, prepare_data
+from camvid_data import build_once, prepare_data
 from camvid_report import RARE_CLASSES, SHORT_NAMES
 from camvid_selftrain import (
     REPO,
     JobError,
+    add_common_arguments,
     describe_machine,
     job_environment,
     log,
@@ -66,14 +67,9 @@ MODEL_ROLES = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", required=True, type=Path, help="data, runs and results")
-    parser.add_argument("--scale", choices=["smoke", "full"], default="full")
-    parser.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
+    add_common_arguments(parser)
     parser.add_argument(
         "--source-images", type=int, default=1000, help="synthetic source scenes (written once)"
-    )
-    parser.add_argument(
-        "--camvid", type=Path, default=DEFAULT_CAMVID, help="CamVid in the SegNet layout"
     )
     args = parser.parse_args(argv)
     given = sys.argv[1:] if argv is None else argv

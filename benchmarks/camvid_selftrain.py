@@ -79,9 +79,7 @@ MULTISCALE_SPLITS = ("test", "val")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", required=True, type=Path, help="data, runs and results")
-    parser.add_argument("--scale", choices=["smoke", "full"], default="full")
-    parser.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
+    add_common_arguments(parser)
     parser.add_argument(
         "--variants",
         default=",".join(VARIANTS),
@@ -92,9 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="seeds run at the same time (each job uses one core; 2 suits a 2-core machine)",
-    )
-    parser.add_argument(
-        "--camvid", type=Path, default=DEFAULT_CAMVID, help="CamVid in the SegNet layout"
     )
     parser.add_argument(
         "--extra-test",
@@ -174,6 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     log(f"wrote {out_dir / 'results.md'} and summary.json")
     print(json.dumps({k: v for k, v in summary.items() if k != "models"}), flush=True)
     return 1 if any("error" in m for m in models) else 0
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every CamVid benchmark takes: work folder, scale, seeds, CamVid's root."""
+    parser.add_argument("--workdir", required=True, type=Path, help="data, runs and results")
+    parser.add_argument("--scale", choices=["smoke", "full"], default="full")
+    parser.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
+    parser.add_argument(
+        "--camvid", type=Path, default=DEFAULT_CAMVID, help="CamVid in the SegNet layout"
+    )
 
 
 def records_from_log(

@@ -98,21 +98,25 @@ def run_training(config: TrainJobConfig, epoch_hook: EpochHook | None = None) ->
             ),
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception:
+        _track_end(config, files, "FAILED")
+        raise
     summary = files.summary()
-    _track_end(config, files)
+    _track_end(config, files, "FINISHED")
     return summary
 
 
-def _track_end(config: TrainJobConfig, files: RunFiles) -> None:
-    """The checkpoint as an artifact of the stage's MLflow run, which ends there."""
+def _track_end(config: TrainJobConfig, files: RunFiles, status: str) -> None:
+    """The checkpoint as an artifact of the stage's MLflow run, which ends there with ``status``."""
     tracker = stage_tracker(config.tracking, str(files.directory), config.run_name)
     if tracker is None:
         return
     checkpoint = files.checkpoint()
     if checkpoint is not None:
         tracker.log_artifact(checkpoint)
-    tracker.finish()
+    tracker.finish(status)
 
 
 def train_worker(loop_config: dict) -> None:

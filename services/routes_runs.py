@@ -27,6 +27,7 @@ from services.schemas import (
     run_out,
     run_summary,
 )
+from services.spec_inputs import resolve_path
 
 router = APIRouter(tags=["runs"])
 
@@ -218,8 +219,6 @@ def _stage(session, run_id: str, stage_name: str) -> Stage:
 def _servable(path: str, roots: list[Path]) -> Path:
     """``path`` when it lies inside the data roots now (symlinks resolved), else 404: a store
     records whatever paths its job was given, and the service serves files of its roots only."""
-    from services.spec_inputs import resolve_path
-
     try:
         real = Path(resolve_path(path, roots, "image"))
     except SpecError as exc:

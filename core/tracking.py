@@ -6,19 +6,26 @@ one step per epoch of metrics (loss, lr, crop size, batch size, images/s, val mI
 and its checkpoint as an artifact at the end; a label stage logs its summary and its store's class
 distribution. A stage is found again by the tag ``selftrain.key`` (its run folder or store), so a
 resumed job continues the MLflow run it started instead of opening another.
+
+Tracking never fails a job: a tracker that cannot reach MLflow (a server down, a SQLite store
+locked too long) logs one warning and the job goes on untracked.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from core.configs import TrackingSettings
-from core.runfiles import MetricsRow
+from core.configs import LabelJobConfig, TrackingSettings, TrainJobConfig
+from core.runfiles import MetricsRow, RunFiles
+
+log = logging.getLogger(__name__)
 
 KEY_TAG = "selftrain.key"
 STAGE_TAG = "selftrain.stage"
@@ -54,10 +61,29 @@ def end_parent(settings: TrackingSettings, run_id: str, status: str = "FINISHED"
     _client(settings).set_terminated(run_id, status)
 
 
+def _best_effort(method: Callable[..., None]) -> Callable[..., None]:
+    """The tracker's method, or nothing once MLflow has failed it (warned once)."""
+
+    @functools.wraps(method)
+    def guarded(self: StageTracker, *args: Any, **kwargs: Any) -> None:
+        if self.broken:
+            return
+        try:
+            method(self, *args, **kwargs)
+        except Exception as exc:
+            self.broken = True
+            log.warning("MLflow tracking stopped for %s: %s: %s", self.key, type(exc).__name__, exc)
+
+    return guarded
+
+
 class StageTracker:
     """One stage's MLflow run (nested under ``settings.parent_run_id`` when it has one)."""
 
+    broken = False
+
     def __init__(self, settings: TrackingSettings, key: str, stage: str) -> None:
+        self.key = key
         self.client = _client(settings)
         found = _find(self.client, settings, key)
         if found is not None:
@@ -70,6 +96,7 @@ class StageTracker:
             experiment = _experiment(self.client, settings)
             self.run_id = self.client.create_run(experiment, run_name=stage, tags=tags).info.run_id
 
+    @_best_effort
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Flattened (``a.b.c``) params; a resumed run logs the same values again, which MLflow
         accepts, and a changed value is skipped (MLflow's params are write-once)."""
@@ -82,6 +109,7 @@ class StageTracker:
             params_batch = [Param(k, v) for k, v in new[start : start + 100]]
             self.client.log_batch(self.run_id, params=params_batch)
 
+    @_best_effort
     def log_epoch(self, row: MetricsRow) -> None:
         values = {
             "loss": row.loss,
@@ -97,6 +125,7 @@ class StageTracker:
             values["val_miou"] = row.val_miou
         self.log_metrics(values, step=row.epoch)
 
+    @_best_effort
     def log_metrics(self, values: Mapping[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
 
@@ -104,21 +133,48 @@ class StageTracker:
         metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
         self.client.log_batch(self.run_id, metrics=metrics)
 
+    @_best_effort
     def log_artifact(self, path: str | Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
 
+    @_best_effort
     def log_dict(self, data: Mapping[str, Any], name: str) -> None:
         self.client.log_text(self.run_id, json.dumps(data, indent=2, default=str), name)
 
+    @_best_effort
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
 
 
-def stage_tracker(settings: TrackingSettings | None, key: str, stage: str) -> StageTracker | None:
-    """The stage's tracker, or None without settings or without MLflow."""
-    if settings is None or not mlflow_installed():
+def stage_identity(config: TrainJobConfig | LabelJobConfig) -> tuple[str, str]:
+    """The key that finds a stage's MLflow run again (its run folder, or its label store, as an
+    absolute path) and the run's name."""
+    if isinstance(config, TrainJobConfig):
+        return str(RunFiles.of(config.storage_path, config.run_name).directory), config.run_name
+    store = Path(config.store).expanduser().resolve()
+    return str(store), store.stem
+
+
+def stage_tracker(config: TrainJobConfig | LabelJobConfig) -> StageTracker | None:
+    """The stage's tracker, or None when the job has no tracking settings or MLflow is missing."""
+    if config.tracking is None or not mlflow_installed():
         return None
-    return StageTracker(settings, key, stage)
+    key, name = stage_identity(config)
+    try:
+        return StageTracker(config.tracking, key, name)
+    except Exception as exc:
+        uri = config.tracking.uri
+        log.warning("not tracked, MLflow at %s: %s: %s", uri, type(exc).__name__, exc)
+        return None
+
+
+def find_stage_run(settings: TrackingSettings, key: str) -> tuple[str, str] | None:
+    """The experiment id and run id of the stage whose key is ``key``, if it has a run."""
+    client = _client(settings)
+    run_id = _find(client, settings, key)
+    if run_id is None:
+        return None
+    return client.get_run(run_id).info.experiment_id, run_id
 
 
 def _client(settings: TrackingSettings):

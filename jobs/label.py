@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -230,7 +229,7 @@ def run(config: LabelJobConfig, progress_bar: bool = True, step: ModelStep | Non
         The run's summary (core.labeling.LabelingRun.finish).
     """
     labeling = LabelingRun.start(config)
-    tracker = stage_tracker(config.tracking, str(labeling.store.path), Path(config.store).stem)
+    tracker = stage_tracker(config)
     if tracker is not None:
         tracker.log_params(config.model_dump(mode="json", exclude={"tracking"}))
     state: Literal["finished", "failed"] = "failed"

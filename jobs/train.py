@@ -110,7 +110,7 @@ def run_training(config: TrainJobConfig, epoch_hook: EpochHook | None = None) ->
 
 def _track_end(config: TrainJobConfig, files: RunFiles, status: str) -> None:
     """The checkpoint as an artifact of the stage's MLflow run, which ends there with ``status``."""
-    tracker = stage_tracker(config.tracking, str(files.directory), config.run_name)
+    tracker = stage_tracker(config)
     if tracker is None:
         return
     checkpoint = files.checkpoint()
@@ -133,8 +133,7 @@ def train_worker(loop_config: dict) -> None:
     trained = run.trained_module()
     tracker = None
     if rank == 0:  # rank 0 logs; a resumed job finds its MLflow run again by the run folder
-        files = RunFiles.of(config.storage_path, config.run_name)
-        tracker = stage_tracker(config.tracking, str(files.directory), config.run_name)
+        tracker = stage_tracker(config)
         if tracker is not None:
             tracker.log_params(config.model_dump(mode="json", exclude={"tracking"}))
     for epoch in run.remaining_epochs():

@@ -52,11 +52,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
     import torch
 
     from core.models import build_model, count_parameters, list_models
+    from core.models.smp import smp_architectures, smp_encoders, smp_installed
 
     height, width = parse_size(args.size)
     torch.set_grad_enabled(False)
     rows = []
     for name in list_models():
+        if name == "smp" and not smp_installed():
+            if not args.json:
+                print(f"{name:28s} not installed (pip install -e '.[smp]')")
+            continue
         model = build_model(name, args.num_classes).eval()
         row = {"model": name, "parameters": count_parameters(model)}
         if not args.no_forward:
@@ -72,7 +77,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
             print(f"{name:28s} {row['parameters'] / 1e6:8.2f}M{extra}", flush=True)
         del model
     if args.json:
+        for row in rows:
+            if row["model"] == "smp":
+                row.update(architectures=smp_architectures(), encoders=smp_encoders())
         print(json.dumps(rows))
+    elif smp_installed():
+        print(
+            f"smp (model_options arch, encoder; the row above: Unet, resnet34)\n"
+            f"  architectures: {', '.join(smp_architectures())}\n"
+            f"  encoders: {', '.join(smp_encoders())}, or tu-<any timm model>"
+        )
     return 0
 
 

@@ -23,6 +23,7 @@ from services.routes_predict import router as predict_router
 from services.routes_runs import router as runs_router
 from services.schemas import Health
 from services.settings import Settings, get_settings
+from services.tracking import ServiceTracking
 
 STATIC = Path(__file__).resolve().parent / "static"
 # Room for the multipart framing around an upload of max_upload_bytes.
@@ -45,7 +46,10 @@ def create_app(
     settings.workdir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.database_url or "")
     backend = backend or RayJobBackend(settings.ray_address, settings.repo_dir)
-    service = Service(settings, db, backend, Orchestrator(db, backend, settings))
+    tracking = ServiceTracking.configured(
+        settings.tracking_uri, settings.tracking_ui, settings.workdir
+    )
+    service = Service(settings, db, backend, Orchestrator(db, backend, settings, tracking))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

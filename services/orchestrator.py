@@ -39,6 +39,7 @@ from services.db import (
 from services.ray_jobs import ClusterUnavailableError, JobBackend, JobInfo
 from services.settings import Settings
 from services.spec_inputs import check_spec_data, resolve_spec_paths, run_folder
+from services.tracking import ServiceTracking
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,20 @@ class Orchestrator:
         db: Where runs and stages are kept.
         backend: Where the stage jobs run.
         settings: Data roots, workdir, the jobs' interpreter and the poll interval.
+        tracking: Where the stages log their MLflow runs (None: untracked).
     """
 
-    def __init__(self, db: Database, backend: JobBackend, settings: Settings) -> None:
+    def __init__(
+        self,
+        db: Database,
+        backend: JobBackend,
+        settings: Settings,
+        tracking: ServiceTracking | None = None,
+    ) -> None:
         self.db = db
         self.backend = backend
         self.settings = settings
+        self.tracking = tracking
         # One writer per run at a time: the poll loop and a cancel request must not interleave.
         self._lock = threading.Lock()
         # Runs whose last step could not reach the cluster, and since when (this process's view).
@@ -135,6 +144,7 @@ class Orchestrator:
                     stage.message = "stopped on request"
             run.status, run.ended_at, run.error = STOPPED, now, "cancelled on request"
             run.version += 1
+            self._end_tracking(run)
         return True
 
     # -- the poll loop -------------------------------------------------------------------------
@@ -203,6 +213,7 @@ class Orchestrator:
                             self.backend.stop(stage.submission_id)
             run.status, run.error, run.ended_at = FAILED, reason[:2000], now
             run.version += 1
+            self._end_tracking(run)
 
     def advance(self, run_id: str) -> None:
         """Follow the run's current stage; start the next when it succeeded, else fail the run."""
@@ -231,6 +242,8 @@ class Orchestrator:
                 run.started_at = time.time()
             if _fingerprint(run) != before:
                 run.version += 1
+            if run.status in TERMINAL:
+                self._end_tracking(run)
 
     def _advance_stage(self, run: Run, stage: Stage) -> None:
         if stage.given:
@@ -250,10 +263,16 @@ class Orchestrator:
         if "store" in stage.outputs:
             stage.summary = store_summary(stage.outputs["store"])
 
+    def _end_tracking(self, run: Run) -> None:
+        if self.tracking is not None:
+            self.tracking.end(run)
+
     def _submit(self, run: Run, stage: Stage) -> None:
-        planned = with_existing_inputs(_planned(stage))
+        planned = with_existing_inputs(planned_stage(stage))
+        tracking = self.tracking.for_run(run) if self.tracking is not None else None
+        config = job_config(planned).model_copy(update={"tracking": tracking})
         path = self.settings.workdir / run.id / "configs" / f"{stage.index:02d}-{stage.name}.yaml"
-        save_config(job_config(planned), path)
+        save_config(config, path)
         entrypoint = (
             f"{self.settings.job_python} jobs/{stage.script}.py --config {shlex.quote(str(path))}"
         )
@@ -262,6 +281,8 @@ class Orchestrator:
         self.backend.submit(stage.submission_id, entrypoint, metadata)
         log.info("run %s: submitted %s as %s", run.id, stage.name, stage.submission_id)
         stage.config, stage.entrypoint = planned.config, entrypoint
+        if tracking is not None:  # the dashboard's link, and the parent run after a restart
+            stage.config = {**(planned.config or {}), "tracking": tracking.model_dump(mode="json")}
         stage.status, stage.submitted_at = PENDING, time.time()
         stage.message = "submitted"
 
@@ -320,7 +341,7 @@ class Orchestrator:
         stage.status = SUCCEEDED
 
 
-def _planned(stage: Stage) -> PlannedStage:
+def planned_stage(stage: Stage) -> PlannedStage:
     """A stage row as the plan made it."""
     return PlannedStage(
         stage.index,

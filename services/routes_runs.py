@@ -63,7 +63,7 @@ def list_runs(
 def get_run(run_id: RunId, service: ServiceDep) -> RunOut:
     """The run with its spec and stages: status, Ray submission id, times, metrics, progress."""
     with service.db.session() as session:
-        return run_out(_run(session, run_id))
+        return run_out(_run(session, run_id), service.orchestrator.tracking)
 
 
 @router.post("/runs/{run_id}/cancel", responses={404: NOT_FOUND, 503: {}})
@@ -197,7 +197,7 @@ def _changed_summaries(service: Service, seen: dict[str, int]) -> list[RunSummar
 def _run_if_newer(service: Service, run_id: str, version: int) -> RunOut | None:
     with service.db.session() as session:
         run = _run(session, run_id)
-        return run_out(run) if run.version != version else None
+        return run_out(run, service.orchestrator.tracking) if run.version != version else None
 
 
 def _run(session, run_id: str) -> Run:

@@ -7,11 +7,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from core.plan import StageKind
+from core.plan import StageKind, job_config
 from core.runfiles import MetricsRow
 from services.db import Run, Stage
+from services.orchestrator import planned_stage
+from services.tracking import ServiceTracking
 
 Status = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"]
+
+
+class TrackedRun(BaseModel):
+    """A stage's MLflow run."""
+
+    run_id: str
+    url: str | None = Field(description="The run in the MLflow UI (None: no UI configured)")
 
 
 class StageOut(BaseModel):
@@ -25,6 +34,8 @@ class StageOut(BaseModel):
         metrics: Every epoch record so far (core.runfiles.MetricsRow).
         summary: A label stage's store summary (pixels and centroids per class, class names).
         outputs: ``checkpoint`` or ``store`` path.
+        tracking: The stage's MLflow run, once its job has opened it (None: untracked, or not
+            started yet).
     """
 
     index: int
@@ -45,6 +56,7 @@ class StageOut(BaseModel):
     summary: dict[str, Any] | None
     outputs: dict[str, str]
     config: dict[str, Any] | None
+    tracking: TrackedRun | None = None
 
 
 class RunSummary(BaseModel):
@@ -110,8 +122,11 @@ def when(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
-def stage_out(stage: Stage) -> StageOut:
+def stage_out(stage: Stage, tracking: ServiceTracking | None = None) -> StageOut:
     metrics = list(stage.metrics or [])
+    link = None
+    if tracking is not None and (stage.config or {}).get("tracking"):
+        link = tracking.link(job_config(planned_stage(stage)))
     return StageOut(
         index=stage.index,
         name=stage.name,
@@ -131,6 +146,7 @@ def stage_out(stage: Stage) -> StageOut:
         summary=stage.summary,
         outputs=dict(stage.outputs or {}),
         config=stage.config,
+        tracking=TrackedRun(**link) if link else None,
     )
 
 
@@ -138,12 +154,13 @@ def run_summary(run: Run) -> RunSummary:
     return RunSummary(**_summary_fields(run))
 
 
-def run_out(run: Run) -> RunOut:
+def run_out(run: Run, tracking: ServiceTracking | None = None) -> RunOut:
+    """The run with its stages (and their MLflow runs when ``tracking`` is given)."""
     return RunOut(
         **_summary_fields(run),
         output=run.output,
         spec=run.spec,
-        stages=[stage_out(s) for s in run.stages],
+        stages=[stage_out(s, tracking) for s in run.stages],
     )
 
 

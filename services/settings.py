@@ -42,6 +42,12 @@ class Settings(BaseSettings):
             model's activations); more requests wait for a slot.
         predict_wait_s: How long a request waits for a slot before a 503.
         predict_queue: Requests that may wait for a slot at once; one more gets a 503 at once.
+        tracking_uri: MLflow's tracking URI for the runs (a server the jobs reach, e.g.
+            ``http://mlflow:5000``); default: ``sqlite:///<workdir>/mlflow.db`` when MLflow is
+            installed; ``off``: no tracking.
+        tracking_ui: The MLflow UI's address for the dashboard's links; default: the tracking URI
+            when it is an HTTP server (none for the SQLite default: ``mlflow ui
+            --backend-store-uri sqlite:///<workdir>/mlflow.db`` serves it, then set this).
     """
 
     model_config = SettingsConfigDict(env_prefix="SELFTRAIN_", extra="ignore")
@@ -63,6 +69,8 @@ class Settings(BaseSettings):
     predict_concurrency: int = Field(default=2, gt=0, le=64)
     predict_wait_s: float = Field(default=120.0, gt=0)
     predict_queue: int = Field(default=32, gt=0, le=1024)
+    tracking_uri: str | None = Field(default=None, max_length=2000)
+    tracking_ui: str | None = Field(default=None, max_length=2000)
 
     @model_validator(mode="after")
     def _resolve(self) -> Settings:
@@ -71,6 +79,8 @@ class Settings(BaseSettings):
         self.workdir = self.workdir.expanduser().resolve()
         # `SELFTRAIN_RAY_ADDRESS=` (set but empty) means no address, as unset does.
         self.ray_address = self.ray_address or None
+        self.tracking_uri = self.tracking_uri or None
+        self.tracking_ui = self.tracking_ui or None
         if self.database_url is None:
             self.database_url = f"sqlite:///{self.workdir / 'service.db'}"
         if not self.data_roots:

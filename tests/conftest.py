@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from service_support import (
+    MLFLOW_UI,
     STAGE_TIMEOUT_S,
     TOKEN,
     ServiceProcess,
@@ -78,6 +79,9 @@ def live_service(ray_head: LocalRayHead, tmp_path_factory) -> Iterator[ServicePr
         root,
         SELFTRAIN_API_TOKEN=TOKEN,
         SELFTRAIN_RAY_ADDRESS=ray_head.address,
+        # Tracked in MLflow's default store, <workdir>/mlflow.db; links name this UI address.
+        SELFTRAIN_TRACKING_URI="",
+        SELFTRAIN_TRACKING_UI=MLFLOW_UI,
         **ray_head.client_env,
     )
     service = ServiceProcess(root, env, head=ray_head)

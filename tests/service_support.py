@@ -29,6 +29,8 @@ from services.ray_jobs import JobInfo
 from services.settings import Settings
 
 TOKEN = "test-token"
+# The MLflow UI address the live service names in its links (no UI runs there).
+MLFLOW_UI = "http://mlflow.test:5000"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -104,6 +106,7 @@ def make_settings(root: Path, **overrides) -> Settings:
         "data_roots": [root / "data"],
         "workdir": root / "work",
         "poll_interval_s": 0.05,
+        "tracking_uri": "off",  # MLflow's store costs seconds to create; tests that track say so
         **overrides,
     }
     return Settings(**values)
@@ -301,7 +304,7 @@ def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: 
 def service_env(root: Path, **variables: str) -> dict[str, str]:
     """This process's environment without any SELFTRAIN_ or Ray address and auth variables, plus
     a data root ``root/data``, the workdir ``root/work``, this interpreter for the jobs, a short
-    poll interval, and ``variables``."""
+    poll interval, no MLflow tracking, and ``variables``."""
     dropped = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SELFTRAIN_")}
     env = {k: v for k, v in env.items() if k not in dropped}
@@ -311,6 +314,7 @@ def service_env(root: Path, **variables: str) -> dict[str, str]:
         "SELFTRAIN_WORKDIR": str(root / "work"),
         "SELFTRAIN_JOB_PYTHON": sys.executable,
         "SELFTRAIN_POLL_INTERVAL_S": "0.5",
+        "SELFTRAIN_TRACKING_URI": "off",
         **variables,
     }
 

@@ -84,8 +84,14 @@ def test_models_builds_every_model_and_runs_a_512x1024_forward():
         "pspnet_resnet101",
         "fast_scnn",
         "small",
+        "smp",
     }
     assert 38e6 < rows["deeplabv3plus_resnet50"]["parameters"] < 42e6
+    # smp's default, Unet with resnet34, and what else smp offers by name.
+    assert {"Unet", "FPN", "DeepLabV3Plus", "UPerNet", "Segformer"} <= set(
+        rows["smp"]["architectures"]
+    )
+    assert {"resnet18", "resnet50", "mit_b0"} <= set(rows["smp"]["encoders"])
     for row in rows.values():
         assert row["output"] == [1, 19, 512, 1024]
 

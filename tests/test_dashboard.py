@@ -129,6 +129,10 @@ def test_click_through_a_finished_run(live_service, finished_run, browser, scree
     # Up to four images beside their pseudo-label overlays, decoded by the browser.
     assert _wait(browser, lambda d: _loaded_images(d, ".samples img") == 8)
 
+    # Each stage links to its MLflow run in the configured UI.
+    links = [r.find_element(By.CSS_SELECTOR, "a[data-mlflow]") for r in rows]
+    assert [a.get_attribute("href") for a in links] == [s["tracking"]["url"] for s in run["stages"]]
+
     browser.find_element(By.CSS_SELECTOR, 'tr[data-stage="teacher"] button').click()
     logs = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "pre.logs"))
     assert f"Running entrypoint for job {shown_ids[0]}" in logs.text

@@ -40,6 +40,7 @@ def test_list_models_holds_the_contract_names() -> None:
         "fast_scnn",
         "pspnet_resnet101",
         "small",
+        "smp",
     ]
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from service_support import (
     LIVE_EPOCHS,
+    MLFLOW_UI,
     STAGE_TIMEOUT_S,
     live_run_spec,
     succeeded,
@@ -88,6 +89,35 @@ def test_run_over_rest_succeeds_and_predicts(live_service, finished_run, ray_hea
     )
     assert (status, kind) == (200, "image/png"), data[:500]
     assert decode_image(data).shape[:2] == (37, 53)
+
+
+def test_the_run_and_its_stages_are_tracked_in_mlflow(live_service, finished_run):
+    """The run is a parent MLflow run, FINISHED; each stage a run nested under it that the API
+    links to, with the job's config as params, per-epoch metrics, the checkpoint as an artifact."""
+    from mlflow.tracking import MlflowClient
+
+    run = finished_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{live_service.root / 'work' / 'mlflow.db'}")
+    tracked = {s["name"]: client.get_run(s["tracking"]["run_id"]) for s in run["stages"]}
+    parents = {t.data.tags["mlflow.parentRunId"] for t in tracked.values()}
+    assert len(parents) == 1
+    parent = client.get_run(parents.pop())
+    assert parent.info.run_name == f"synthetic-demo ({run['id']})"
+    assert parent.info.status == "FINISHED"
+    for stage in run["stages"]:
+        mlflow_run = tracked[stage["name"]]
+        assert mlflow_run.info.status == "FINISHED", stage["name"]
+        experiment, run_id = mlflow_run.info.experiment_id, mlflow_run.info.run_id
+        assert stage["tracking"]["url"] == f"{MLFLOW_UI}/#/experiments/{experiment}/runs/{run_id}"
+    student = tracked["student"]
+    assert student.data.params["pseudo_per_real"] == "1.0"
+    losses = client.get_metric_history(student.info.run_id, "loss")
+    api_losses = [m["loss"] for m in run["stages"][2]["metrics"]]
+    assert [m.step for m in losses] == list(range(LIVE_EPOCHS))
+    assert [m.value for m in losses] == pytest.approx(api_losses)
+    assert "best.pt" in {a.path for a in client.list_artifacts(student.info.run_id)}
+    label = tracked["label-0"]
+    assert "store_summary.json" in {a.path for a in client.list_artifacts(label.info.run_id)}
 
 
 def test_service_killed_mid_run_picks_the_run_up_after_a_restart(

@@ -29,6 +29,7 @@ from core.models.fast_scnn import FastSCNN, fast_scnn
 from core.models.pspnet import PSPNet, pspnet_resnet101
 from core.models.resnet import ResNet, load_backbone_weights, resnet50, resnet101, resnext50_32x4d
 from core.models.small import SmallSegNet, small
+from core.models.smp import SmpSegmenter, smp_model
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "deeplabv3plus_resnet50": deeplabv3plus_resnet50,
@@ -37,6 +38,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "pspnet_resnet101": pspnet_resnet101,
     "fast_scnn": fast_scnn,
     "small": small,
+    # Any segmentation_models_pytorch architecture and encoder (the `smp` extra).
+    "smp": smp_model,
 }
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "PSPNet",
     "ResNet",
     "SmallSegNet",
+    "SmpSegmenter",
     "build_model",
     "convert_sync_batchnorm",
     "count_parameters",
@@ -62,6 +66,7 @@ __all__ = [
     "resnet101",
     "resnext50_32x4d",
     "small",
+    "smp_model",
 ]
 
 

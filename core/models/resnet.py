@@ -159,7 +159,7 @@ def resnext50_32x4d(output_stride: int = 32, weights: str | Path | None = None) 
     return model
 
 
-def load_backbone_weights(backbone: ResNet, path: str | Path) -> None:
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     """Loads a torchvision-format ResNet state dict file, or named weights (core.weights, e.g.
     ``torchvision:resnet50.IMAGENET1K_V2``), into ``backbone`` in place.
 

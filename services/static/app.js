@@ -252,8 +252,19 @@ function stageRow(stage) {
       stage.submission_id
         ? el("button", { class: "small", onclick: () => toggleLogs(stage.name) }, "logs")
         : "",
+      " ",
+      trackingLink(stage.tracking),
     ),
   );
+}
+
+// The stage's MLflow run: a link when the service knows the MLflow UI, else the run id.
+function trackingLink(tracking) {
+  if (!tracking) return "";
+  if (tracking.url) {
+    return el("a", { href: tracking.url, target: "_blank", rel: "noopener", "data-mlflow": tracking.run_id }, "MLflow");
+  }
+  return el("span", { class: "muted", title: `MLflow run ${tracking.run_id}`, "data-mlflow": tracking.run_id }, "MLflow ", tracking.run_id.slice(0, 8));
 }
 
 async function toggleLogs(name) {

@@ -155,6 +155,9 @@ class LabelSettings(StrictModel):
     slide_crop: int = Field(default=512, gt=0, le=MAX_SIDE)
     precision: Precision = "fp32"
     channels_last: bool = False
+    # Run a torch.compile'd teacher (dynamic shapes; same labels, off by default: compiling costs
+    # start-up time in every actor and needs a C++ compiler on CPU).
+    compile: bool = False
     min_centroid_area: int = Field(default=32, ge=1, le=MAX_PIXELS)
     # Keep each image's class probabilities too (float16, averaged over soft_stride x soft_stride
     # pixels), for students trained with soft_labels (the paper's Table 7 ablation).

@@ -115,6 +115,7 @@ class TeacherPredictor:
         settings: Inference mode and its options, precision.
         device: ``cpu`` or ``cuda``.
         channels_last: Run the model in channels-last memory format.
+        compile: Run the model ``torch.compile``d (dynamic shapes: images of any size).
     """
 
     def __init__(
@@ -123,8 +124,11 @@ class TeacherPredictor:
         settings: InferenceSettings,
         device: str = "cpu",
         channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         self.model, _, _ = load_model(checkpoint, device)
+        if compile:
+            self.model = torch.compile(self.model, dynamic=True)
         self.settings = settings
         self.device = device
         self.channels_last = channels_last

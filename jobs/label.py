@@ -72,7 +72,14 @@ def teacher_step(config: LabelJobConfig) -> ModelStep:
     device = "cuda" if config.gpus_per_actor > 0 else "cpu"
     checkpoint = os.path.abspath(config.teacher_checkpoint)
     return ModelStep(
-        partial(TeacherPredictor, checkpoint, config.inference(), device, config.channels_last)
+        partial(
+            TeacherPredictor,
+            checkpoint,
+            config.inference(),
+            device,
+            config.channels_last,
+            config.compile,
+        )
     )
 
 

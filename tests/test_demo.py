@@ -23,6 +23,7 @@ from selftrain.demo import (
     class_table,
     format_table,
     plan_demo,
+    pseudo_label_quality,
     write_demo_data,
     write_pseudo_label_picture,
 )
@@ -93,6 +94,39 @@ def test_demo_data_has_no_labels_for_the_unlabeled_scenes(tmp_path):
     assert len(cityscapes(paths.target, "test")) == 2
     assert len(list(paths.unlabeled.rglob("*.png"))) == 3
     assert not (paths.unlabeled / "gtFine").exists()
+    # Their true labels lie outside every folder a stage reads, for scoring the pseudo labels.
+    truth = sorted(p.name for p in paths.unlabeled_truth.rglob("*_labelTrainIds.png"))
+    assert len(truth) == 3 and truth[0].startswith("synth_source_")
+
+
+def test_pseudo_label_quality_scores_each_domain_against_the_set_aside_labels(tmp_path):
+    scenes = DemoScenes(
+        height=32, width=64, n_labeled=1, n_unlabeled_source=2, n_unlabeled_target=2, n_test=1
+    )
+    paths = DemoPaths(tmp_path)
+    write_demo_data(paths, scenes)
+    images = sorted(str(p) for p in paths.unlabeled.rglob("*.png"))
+    store = LabelStore.create(tmp_path / "s.zarr", images, [(32, 64)] * 4, CITYSCAPES, {}, {})
+    truths = [
+        cv2.imread(
+            str(
+                paths.unlabeled_truth
+                / Path(i).parent.name
+                / Path(i).name.replace("_leftImg8bit", "_gtFine_labelTrainIds")
+            ),
+            cv2.IMREAD_UNCHANGED,
+        )
+        for i in images
+    ]
+    for index, truth in enumerate(truths):
+        # Source scenes: the true labels; target scenes: everything "road" (class 0).
+        label = truth if "synth_source" in images[index] else np.zeros_like(truth)
+        store.write(index, label, np.full(label.shape, 200, np.uint8), find_centroids(label, 1))
+    quality = pseudo_label_quality(tmp_path / "s.zarr", paths.unlabeled_truth)
+    assert quality["source"] == {"miou": 1.0, "pixel_accuracy": 1.0}
+    target = np.stack(truths[2:])
+    road_share = (target == 0).sum() / (target != 255).sum()
+    assert quality["target"]["pixel_accuracy"] == pytest.approx(road_share)
 
 
 # A new value for every setting the demo sets; a knob the demo adds without an entry here fails
@@ -227,6 +261,10 @@ def test_quick_demo_command_runs_end_to_end(tmp_path):
     for name in listed:
         assert f"\n{name} " in printed
     assert "mIoU source" in printed
+    quality = result["pseudo_label_quality"]
+    assert set(quality) == {"source", "target"}
+    assert all(0 <= q["miou"] <= 1 and 0 <= q["pixel_accuracy"] <= 1 for q in quality.values())
+    assert "pseudo labels against the unlabeled scenes' true labels: source scenes" in printed
     assert "The student started from the teacher's weights and trained 3 epochs" in printed
     assert "the control trained the same way on the labeled scenes only" in printed
     check_tracked_runs(workdir, DemoConfig.quick())

@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from core.errors import ConfigError
 
-DatasetFormat = Literal["cityscapes", "cityscapes_coarse", "camvid", "folder", "paired"]
+DatasetFormat = Literal[
+    "cityscapes", "cityscapes_coarse", "camvid", "folder", "paired", "mapillary", "bdd100k", "kitti"
+]
 InferenceMode = Literal["whole", "slide", "multiscale"]
 Precision = Literal["fp32", "bf16"]
 LabelLayout = Literal["auto", "staged", "fused"]
@@ -65,13 +67,17 @@ class DataSource(StrictModel):
 
     ``format``: ``cityscapes`` (leftImg8bit + gtFine), ``cityscapes_coarse`` (leftImg8bit images
     of a gtCoarse split, used unlabeled), ``camvid`` (SegNet layout), ``folder`` (images only,
-    recursive), ``paired`` (``images/`` + ``labels/`` with matching stems, needs ``classes``).
+    recursive), ``paired`` (``images/`` + ``labels/`` with matching stems, needs ``classes``),
+    ``mapillary`` (Mapillary Vistas ``version`` v1.2 or v2.0, classes from its config file),
+    ``bdd100k`` (BDD100K semantic segmentation, 19 classes), ``kitti`` (KITTI semantics,
+    Cityscapes ids; splits ``training``, ``testing``).
     """
 
     format: DatasetFormat
     root: str
     split: str = "train"
     label_kind: Literal["labelIds", "labelTrainIds"] = "labelIds"
+    version: Literal["v1.2", "v2.0"] = "v1.2"  # Mapillary Vistas
     # At most 255 classes: train ids are one byte and 255 means ignore.
     classes: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
         default=None, max_length=255

@@ -1,4 +1,5 @@
-"""Segmentation datasets on disk: Cityscapes, CamVid, plain image folders and paired folders.
+"""Segmentation datasets on disk: Cityscapes, CamVid, Mapillary Vistas, BDD100K, KITTI, plain image
+folders and paired folders.
 
 Every loader returns a ``SegmentationDataset``: a sorted list of (image path, label path or None)
 and the label space that turns stored label values into train ids. Listing checks the layout (the
@@ -17,6 +18,7 @@ and lines starting with ``#`` are skipped.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -32,6 +34,7 @@ from core.labels import (
     CAMVID,
     CITYSCAPES,
     CITYSCAPES_TRAIN_IDS,
+    Color,
     LabelSpace,
     declare_label_space,
 )
@@ -54,6 +57,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         label_space: Turns stored label values into train ids; None is allowed without labels.
         root: The dataset folder, against which list files are resolved.
         stored_ids: The values label files may hold (see core.io.read_label); None = no check.
+        label_colors: The color of each stored id, for labels that are palette PNGs or color
+            pictures (Mapillary Vistas); None: labels hold ids.
     """
 
     def __init__(
@@ -62,6 +67,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         label_space: LabelSpace | None,
         root: str | Path | None = None,
         stored_ids: Collection[int] | None = None,
+        label_colors: Sequence[Color] | None = None,
     ) -> None:
         self.items = [(str(image), None if label is None else str(label)) for image, label in items]
         if label_space is None and any(label is not None for _, label in self.items):
@@ -69,6 +75,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.label_space = label_space
         self.root = None if root is None else str(root)
         self.stored_ids = None if stored_ids is None else frozenset(stored_ids)
+        self.label_colors = None if label_colors is None else list(label_colors)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -87,7 +94,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if label_path is None:
             return None
         assert self.label_space is not None  # checked in __init__
-        return read_label(label_path, self.label_space, expect_shape, stored_ids=self.stored_ids)
+        return read_label(
+            label_path,
+            self.label_space,
+            expect_shape,
+            stored_ids=self.stored_ids,
+            colors=self.label_colors,
+        )
 
     def image_paths(self) -> list[str]:
         return [image for image, _ in self.items]
@@ -99,7 +112,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def subset(self, indices: Sequence[int]) -> SegmentationDataset:
         """A dataset of the samples at ``indices`` (in that order), sharing label space and root."""
         return SegmentationDataset(
-            [self.items[i] for i in indices], self.label_space, self.root, self.stored_ids
+            [self.items[i] for i in indices],
+            self.label_space,
+            self.root,
+            self.stored_ids,
+            self.label_colors,
         )
 
 
@@ -179,6 +196,64 @@ def paired_folder(root: str | Path, label_space: LabelSpace) -> SegmentationData
         label = (label_root / image.relative_to(image_root)).with_suffix(".png")
         items.append((str(image), str(_existing_label(label, image))))
     return SegmentationDataset(items, label_space, root)
+
+
+def mapillary(root: str | Path, split: str, version: str = "v1.2") -> SegmentationDataset:
+    """Mapillary Vistas: ``<split>/images/*.jpg`` with ``<split>/labels/*.png`` (v1.2, 66 classes,
+    ``config.json``) or ``<split>/v2.0/labels/*.png`` (v2.0, 124 classes, ``config_v2.0.json``).
+
+    The classes come from the dataset's config file: each label with ``evaluate`` true is a class
+    (named by ``readable``), the others (``Unlabeled``) are ignored. Label PNGs are palette images
+    whose index is the label's position in the config (RGB copies are mapped by its colors).
+    ``testing`` has no labels: its images come unlabeled.
+    """
+    root = _existing_folder(root)
+    config_name = {"v1.2": "config.json", "v2.0": "config_v2.0.json"}.get(version)
+    if config_name is None:
+        raise ConfigError(f"Mapillary Vistas version must be v1.2 or v2.0, not {version!r}")
+    labels = _mapillary_labels(existing_path(root / config_name, "file"))
+    classes = [i for i, label in enumerate(labels) if label.get("evaluate", True)]
+    names = [str(labels[i]["readable"]) for i in classes]
+    if len(set(names)) != len(names):  # readable names are not unique in every release
+        names = [str(labels[i]["name"]) for i in classes]
+    colors: list[Color] = [(int(r), int(g), int(b)) for r, g, b in (x["color"] for x in labels)]
+    space = declare_label_space(
+        f"mapillary_{version}",
+        names,
+        [colors[i] for i in classes],
+        {stored: train for train, stored in enumerate(classes)},
+    )
+    images = _list_images(_existing_folder(root / split / "images"), recursive=False)
+    label_folder = root / split / ("labels" if version == "v1.2" else "v2.0/labels")
+    if not label_folder.is_dir():
+        return SegmentationDataset([(str(i), None) for i in images], space, root)
+    items = [(str(i), str(_existing_label(label_folder / f"{i.stem}.png", i))) for i in images]
+    return SegmentationDataset(items, space, root, range(len(labels)), colors)
+
+
+def bdd100k(root: str | Path, split: str) -> SegmentationDataset:
+    """BDD100K semantic segmentation: ``images/10k/<split>/*.jpg`` with
+    ``labels/sem_seg/masks/<split>/*.png`` (the 19 Cityscapes train ids, 255 unknown). ``test``
+    has no masks: its images come unlabeled."""
+    root = _existing_folder(root)
+    images = _list_images(_existing_folder(root / "images" / "10k" / split), recursive=False)
+    masks = root / "labels" / "sem_seg" / "masks" / split
+    if not masks.is_dir():
+        return SegmentationDataset([(str(i), None) for i in images], CITYSCAPES_TRAIN_IDS, root)
+    items = [(str(i), str(_existing_label(masks / f"{i.stem}.png", i))) for i in images]
+    return SegmentationDataset(items, CITYSCAPES_TRAIN_IDS, root)
+
+
+def kitti(root: str | Path, split: str) -> SegmentationDataset:
+    """KITTI semantics: ``<split>/image_2/*.png`` with ``<split>/semantic/*.png`` (Cityscapes
+    label ids, mapped to its 19 classes; images of varying sizes). ``testing`` has no labels."""
+    root = _existing_folder(root)
+    images = _list_images(_existing_folder(root / split / "image_2"), recursive=False)
+    labels = root / split / "semantic"
+    if not labels.is_dir():
+        return SegmentationDataset([(str(i), None) for i in images], CITYSCAPES, root)
+    items = [(str(i), str(_existing_label(labels / i.name, i))) for i in images]
+    return SegmentationDataset(items, CITYSCAPES, root, CITYSCAPES_STORED_IDS)
 
 
 def subset_fraction(ds: SegmentationDataset, fraction: float, seed: int) -> SegmentationDataset:
@@ -280,6 +355,12 @@ def _open_format(source: DataSource) -> SegmentationDataset:
         return cityscapes_coarse_images(source.root, source.split)
     if source.format == "camvid":
         return camvid(source.root, source.split)
+    if source.format == "mapillary":
+        return mapillary(source.root, source.split, source.version)
+    if source.format == "bdd100k":
+        return bdd100k(source.root, source.split)
+    if source.format == "kitti":
+        return kitti(source.root, source.split)
     declared = None
     if source.classes is not None:
         name = Path(source.root).name or "custom"
@@ -290,6 +371,18 @@ def _open_format(source: DataSource) -> SegmentationDataset:
         assert declared is not None  # DataSource requires classes for 'paired'
         return paired_folder(source.root, declared)
     raise ConfigError(f"unknown dataset format {source.format!r}")
+
+
+def _mapillary_labels(config: Path) -> list[dict]:
+    try:
+        labels = json.loads(config.read_text())["labels"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(config, f"not a Mapillary Vistas config (a 'labels' list): {exc}") from exc
+    if not isinstance(labels, list) or not all(
+        isinstance(x, dict) and {"name", "readable", "color"} <= x.keys() for x in labels
+    ):
+        raise DataError(config, "each of 'labels' needs name, readable and color")
+    return labels
 
 
 def _list_file_path(list_file: str, root: str) -> Path:

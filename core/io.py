@@ -6,19 +6,22 @@ sample fails loudly where it is read instead of silently training on garbage.
 
 Label files must hold one channel of class ids (8- or 16-bit PNG). A 3-channel label whose three
 channels are identical (a grayscale picture saved as RGB) is accepted as that one channel; any other
-multi-channel label (a color-coded label, a palette PNG, which OpenCV expands to colors) is refused.
+multi-channel label (a color-coded label, a palette PNG, which OpenCV expands to colors) is refused,
+unless the dataset names its class colors (``read_label(colors=...)``, Mapillary Vistas): then a
+palette PNG's indices are its ids and a color picture's colors map to the ids of those colors.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Literal
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from core.errors import (
     CorruptImageError,
@@ -27,7 +30,7 @@ from core.errors import (
     InvalidLabelError,
     SizeMismatchError,
 )
-from core.labels import LabelSpace
+from core.labels import Color, LabelSpace
 
 _JPEG_START = b"\xff\xd8"
 _JPEG_START_OF_SCAN = b"\xff\xda"
@@ -100,6 +103,7 @@ def read_label(
     expect_shape: tuple[int, int] | None = None,
     *,
     stored_ids: Collection[int] | None = None,
+    colors: Sequence[Color] | None = None,
 ) -> np.ndarray:
     """Read a label map and convert its stored ids to train ids.
 
@@ -109,6 +113,8 @@ def read_label(
         expect_shape: (H, W) the label must have, usually its image's size.
         stored_ids: The values the file may hold (e.g. 0..11 and 255 for CamVid), checked before
             mapping; ``None`` allows every value the label space accepts.
+        colors: The color of each stored id, for datasets whose labels are palette PNGs (the
+            index is the id) or color pictures (each pixel's color is looked up here).
 
     Returns:
         (H, W) uint8 train ids, ``label_space.ignore_index`` where a pixel has no class.
@@ -121,7 +127,10 @@ def read_label(
         SizeMismatchError: The label's size differs from ``expect_shape``.
     """
     name = str(path)
-    stored = _single_channel(_decode(_read_bytes(path), name, cv2.IMREAD_UNCHANGED), name)
+    if colors is not None:
+        stored = _decode_indexed(_read_bytes(path), name, colors)
+    else:
+        stored = _single_channel(_decode(_read_bytes(path), name, cv2.IMREAD_UNCHANGED), name)
     if expect_shape is not None and stored.shape != tuple(expect_shape):
         raise SizeMismatchError(
             name, f"label is {_hw(stored.shape)} but its image is {_hw(expect_shape)}"
@@ -216,6 +225,37 @@ def _decode(data: bytes, name: str, flags: int) -> np.ndarray:
         if last_scan == -1 or data.find(_JPEG_END, last_scan) == -1:
             raise CorruptImageError(name, "truncated JPEG (no end-of-image marker)")
     return array
+
+
+def _decode_indexed(data: bytes, name: str, colors: Sequence[Color]) -> np.ndarray:
+    """The stored ids of a palette PNG (its indices), a gray label (its values) or a color label
+    (the position of each pixel's color in ``colors``)."""
+    if len(data) == 0:
+        raise CorruptImageError(name, "empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            mode = image.mode
+            array = np.asarray(image)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise CorruptImageError(name, f"not a decodable image ({exc})") from exc
+    if mode in ("P", "L"):
+        return array.astype(np.uint8, copy=False)
+    if mode.startswith("I"):
+        return _single_channel(array.astype(np.uint16), name)
+    if mode not in ("RGB", "RGBA"):
+        raise InvalidLabelError(name, f"label image mode {mode}; expected palette, gray or RGB")
+    rgb = array[..., :3].astype(np.int64)
+    packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    table = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(colors)}
+    keys, inverse = np.unique(packed, return_inverse=True)
+    unknown = [int(k) for k in keys if int(k) not in table]
+    if unknown:
+        shown = ", ".join(
+            f"({k >> 16}, {(k >> 8) & 255}, {k & 255})" for k in unknown[:_MAX_LISTED]
+        )
+        raise InvalidLabelError(name, f"colors that are no class of the dataset: {shown}")
+    ids = np.array([table[int(k)] for k in keys], dtype=np.uint16)
+    return ids[inverse].reshape(packed.shape)
 
 
 def _single_channel(array: np.ndarray, name: str) -> np.ndarray:

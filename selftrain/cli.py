@@ -100,7 +100,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         classes = load_checkpoint(args.checkpoint)["label_space"]["names"]
         source = DataSource(format="paired", root=args.root, split=args.split, classes=classes)
     else:
-        source = DataSource(format=args.format, root=args.root, split=args.split)
+        source = DataSource(
+            format=args.format, root=args.root, split=args.split, version=args.version
+        )
     result = evaluate_checkpoint(args.checkpoint, source, mode=args.mode)
     if args.json:
         print(json.dumps(result))
@@ -205,9 +207,14 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("evaluate", help="per-class IoU and mIoU of a checkpoint on a labeled split")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--format", choices=["cityscapes", "camvid", "folder"], required=True)
+    p.add_argument(
+        "--format",
+        choices=["cityscapes", "camvid", "mapillary", "bdd100k", "kitti", "folder"],
+        required=True,
+    )
     p.add_argument("--root", required=True)
     p.add_argument("--split", default="val")
+    p.add_argument("--version", choices=["v1.2", "v2.0"], default="v1.2", help="Mapillary Vistas")
     p.add_argument("--mode", choices=["whole", "slide", "multiscale"], default="whole")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_evaluate)

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
@@ -396,9 +398,30 @@ def _existing_folder(path: str | Path) -> Path:
     return existing_path(path, "folder")
 
 
+# While `collect_missing_labels` runs, the loaders list an image whose label file is missing with
+# that (missing) path and note it here, instead of raising: `selftrain datasets check` reports them
+# all at once.
+_missing_labels: ContextVar[list[tuple[str, str]] | None] = ContextVar("missing", default=None)
+
+
+@contextmanager
+def collect_missing_labels() -> Iterator[list[tuple[str, str]]]:
+    """Within the block, loaders keep images whose label file is missing and add (image, label)
+    to the list this yields; outside, a missing label raises DataError."""
+    missing: list[tuple[str, str]] = []
+    token = _missing_labels.set(missing)
+    try:
+        yield missing
+    finally:
+        _missing_labels.reset(token)
+
+
 def _existing_label(label: Path, image: Path) -> Path:
     if not label.is_file():
-        raise DataError(label, f"missing label file for image {image}")
+        missing = _missing_labels.get()
+        if missing is None:
+            raise DataError(label, f"missing label file for image {image}")
+        missing.append((str(image), str(label)))
     return label
 
 

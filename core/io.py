@@ -128,7 +128,7 @@ def read_label(
     """
     name = str(path)
     if colors is not None:
-        stored = _decode_indexed(_read_bytes(path), name, colors)
+        stored = decode_indexed_label(_read_bytes(path), name, colors)
     else:
         stored = _single_channel(_decode(_read_bytes(path), name, cv2.IMREAD_UNCHANGED), name)
     if expect_shape is not None and stored.shape != tuple(expect_shape):
@@ -227,9 +227,14 @@ def _decode(data: bytes, name: str, flags: int) -> np.ndarray:
     return array
 
 
-def _decode_indexed(data: bytes, name: str, colors: Sequence[Color]) -> np.ndarray:
+def decode_indexed_label(data: bytes, name: str, colors: Sequence[Color]) -> np.ndarray:
     """The stored ids of a palette PNG (its indices), a gray label (its values) or a color label
-    (the position of each pixel's color in ``colors``)."""
+    (the position of each pixel's color in ``colors``).
+
+    Raises:
+        CorruptImageError: Not an image.
+        InvalidLabelError: A color that is not in ``colors``, or an image mode labels never have.
+    """
     if len(data) == 0:
         raise CorruptImageError(name, "empty file (0 bytes)")
     try:

@@ -171,6 +171,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_main(args.spec, args.output, args.data_root, args.test)
 
 
+def _cmd_datasets_check(args: argparse.Namespace) -> int:
+    from core.configs import DataSource
+    from core.dataset_check import check_dataset
+
+    classes = args.classes.split(",") if args.classes else None
+    source = DataSource(
+        format=args.format, root=args.root, split=args.split, version=args.version, classes=classes
+    )
+    report = check_dataset(source, args.max_images)
+    if args.json:
+        print(json.dumps(report))
+        return 0 if report["ok"] else 1
+    print(
+        f"{args.root} ({args.format}, {args.split}): {report['images']} images, "
+        f"{report['labeled']} labeled, {report['checked']} labels read"
+    )
+    for kind, found in report["problems"].items():
+        print(f"  {kind}: {found['count']}")
+        for example in found["examples"]:
+            print(f"    {example}")
+    shares = sorted(report["class_pixel_share"].items(), key=lambda kv: -kv[1])
+    print("  class pixel shares: " + ", ".join(f"{n} {100 * v:.1f} %" for n, v in shares))
+    print("ok" if report["ok"] else "problems found")
+    return 0 if report["ok"] else 1
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from selftrain.demo import main as demo_main
 
@@ -236,6 +262,27 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--min-agreement", type=float, default=0.999)
     p.set_defaults(func=_cmd_export)
+
+    datasets = sub.add_parser("datasets", help="check a labeled dataset").add_subparsers(
+        dest="datasets_command", required=True
+    )
+    p = datasets.add_parser(
+        "check",
+        help="every label file: missing pairs, palette or color labels, bit depth, ids outside "
+        "the label space, size mismatches, class pixel shares; exit 1 if any problem",
+    )
+    p.add_argument(
+        "--format",
+        choices=["cityscapes", "camvid", "mapillary", "bdd100k", "kitti", "paired"],
+        required=True,
+    )
+    p.add_argument("--root", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--version", choices=["v1.2", "v2.0"], default="v1.2", help="Mapillary Vistas")
+    p.add_argument("--classes", help="format paired: the class names, comma-separated")
+    p.add_argument("--max-images", type=int, default=None, help="read only the first N labels")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_datasets_check)
 
     p = sub.add_parser("store-info", help="JSON summary of a label store")
     p.add_argument("store")

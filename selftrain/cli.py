@@ -10,6 +10,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -171,6 +172,46 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_main(args.spec, args.output, args.data_root, args.test)
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from core.configs import DataSource
+    from core.datasets import open_source
+    from core.label_export import predict_folder
+
+    source = DataSource(format=args.source_format, root=args.source, split=args.split)
+    n_images = len(open_source(source))
+    if n_images <= args.ray_above:
+        result = predict_folder(args.checkpoint, source, args.out, args.format, args.mode)
+    else:  # many images: the label job's teacher actors on Ray, then the store written out
+        result = _predict_on_ray(args, source)
+    print(json.dumps(result))
+    return 0
+
+
+def _predict_on_ray(args: argparse.Namespace, source) -> dict:
+    from core.configs import LabelJobConfig
+    from core.label_export import export_store
+    from jobs import label
+
+    store = Path(args.out) / ".predictions.zarr"
+    config = LabelJobConfig(
+        teacher_checkpoint=args.checkpoint,
+        source=source,
+        store=str(store),
+        mode=args.mode,
+        num_actors=args.actors,
+        cpus_per_actor=1.0,
+    )
+    label.run(config)
+    return {**export_store(store, args.out, args.format), "store": str(store)}
+
+
+def _cmd_store_export(args: argparse.Namespace) -> int:
+    from core.label_export import export_store
+
+    print(json.dumps(export_store(args.store, args.out, args.format)))
+    return 0
+
+
 def _cmd_datasets_check(args: argparse.Namespace) -> int:
     from core.configs import DataSource
     from core.dataset_check import check_dataset
@@ -283,6 +324,34 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, default=None, help="read only the first N labels")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_datasets_check)
+
+    p = sub.add_parser("predict", help="a model's label PNGs for every image of a folder")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--source", required=True, help="the images' folder (or dataset root)")
+    p.add_argument(
+        "--source-format",
+        choices=["folder", "cityscapes", "camvid", "mapillary", "bdd100k", "kitti"],
+        default="folder",
+    )
+    p.add_argument("--split", default="val", help="the split, for a dataset root")
+    p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=["png", "cityscapes"], default="png")
+    p.add_argument("--mode", choices=["whole", "slide", "multiscale"], default="whole")
+    p.add_argument(
+        "--ray-above",
+        type=int,
+        default=1000,
+        help="more images than this: label them with the label job on Ray (embedded here, or "
+        "RAY_ADDRESS's cluster)",
+    )
+    p.add_argument("--actors", type=int, default=1, help="teacher actors of that label job")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("store-export", help="a label store's pseudo labels as PNGs")
+    p.add_argument("--store", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=["png", "cityscapes"], default="png")
+    p.set_defaults(func=_cmd_store_export)
 
     p = sub.add_parser("store-info", help="JSON summary of a label store")
     p.add_argument("store")

@@ -29,9 +29,10 @@ from typing import Literal
 import numpy as np
 import torch.utils.data
 
+from core.cityscapes_metrics import kitti_instances
 from core.configs import DataSource
 from core.errors import ConfigError, DataError, EmptyDatasetError
-from core.io import existing_path, read_image, read_label
+from core.io import existing_path, read_image, read_instance_file, read_label
 from core.labels import (
     CAMVID,
     CITYSCAPES,
@@ -256,6 +257,27 @@ def kitti(root: str | Path, split: str) -> SegmentationDataset:
         return SegmentationDataset([(str(i), None) for i in images], CITYSCAPES, root)
     items = [(str(i), str(_existing_label(labels / i.name, i))) for i in images]
     return SegmentationDataset(items, CITYSCAPES, root, CITYSCAPES_STORED_IDS)
+
+
+def read_instance_map(
+    source_format: str, label_path: str | None, exists_only: bool = False
+) -> np.ndarray | bool | None:
+    """The instance map beside a label file, in Cityscapes' encoding (core.cityscapes_metrics):
+    Cityscapes' ``*_gtFine_instanceIds.png``, KITTI's ``instance/<name>``. None (False with
+    ``exists_only``) for other formats or when the file is not there."""
+    path = None
+    if label_path is not None and source_format == "cityscapes":
+        for kind in ("_gtFine_labelIds.png", "_gtFine_labelTrainIds.png"):
+            if label_path.endswith(kind):
+                path = Path(label_path[: -len(kind)] + "_gtFine_instanceIds.png")
+    elif label_path is not None and source_format == "kitti":
+        path = Path(label_path).parent.parent / "instance" / Path(label_path).name
+    if path is None or not path.is_file():
+        return False if exists_only else None
+    if exists_only:
+        return True
+    raw = read_instance_file(path)
+    return kitti_instances(raw) if source_format == "kitti" else raw.astype(np.int64)
 
 
 def subset_fraction(ds: SegmentationDataset, fraction: float, seed: int) -> SegmentationDataset:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from core.checkpoint import load_model
+from core.cityscapes_metrics import InstanceCounts, category_iou, is_cityscapes, mean_defined
 from core.configs import DataSource, InferenceMode
-from core.datasets import open_source
+from core.datasets import SegmentationDataset, open_source, read_instance_map
 from core.errors import CheckpointError, DataError, SizeMismatchError
 from core.inference import predict
 from core.labels import LabelSpace
@@ -29,6 +30,7 @@ def evaluate(
     label_space: LabelSpace,
     mode: InferenceMode = "whole",
     device: str | torch.device = "cpu",
+    observe: Callable[[int, np.ndarray], None] | None = None,
     **inference_options: Any,
 ) -> ConfusionMatrix:
     """Predict every image of ``dataset`` and compare with its label.
@@ -39,6 +41,8 @@ def evaluate(
         label_space: The model's classes (and ignore index).
         mode: Inference mode, see core.inference.
         device: Where the forward passes run.
+        observe: Called with each sample's index and predicted train ids (e.g. for instance
+            scores).
         **inference_options: Passed to core.inference.predict (scales, flip, crop, bf16, ...).
 
     Raises:
@@ -61,6 +65,8 @@ def evaluate(
                 )
             prediction, _ = predict(model, image, mode=mode, device=device, **inference_options)
             matrix.update(prediction, label)
+            if observe is not None:
+                observe(index, prediction)
     finally:
         model.train(was_training)
     return matrix
@@ -77,7 +83,10 @@ def evaluate_checkpoint(
 
     Returns:
         ``{"miou", "pixel_accuracy", "per_class_iou": {class name: iou}, "n_images"}``, JSON-able
-        (undefined values are None).
+        (undefined values are None). For Cityscapes' 19 classes also ``category_iou`` and its
+        mean ``category_miou``, and where every image has an instance map (Cityscapes, KITTI)
+        ``iiou_per_class``, ``iiou``, ``category_iiou`` and ``category_iiou_mean``
+        (core.cityscapes_metrics).
 
     Raises:
         CheckpointError: The checkpoint cannot be loaded, or its classes differ from the data's.
@@ -93,5 +102,53 @@ def evaluate_checkpoint(
             checkpoint,
             f"model classes {list(label_space.names)} differ from the data's classes {data_names}",
         )
-    matrix = evaluate(model, dataset, label_space, mode, device, **inference_options)
-    return {**matrix.to_dict(label_space.names), "n_images": len(dataset)}
+    instances = _instance_counts(dataset, source.format, label_space)
+    observe = None if instances is None else _observer(dataset, source.format, instances)
+    matrix = evaluate(model, dataset, label_space, mode, device, observe, **inference_options)
+    result = {**matrix.to_dict(label_space.names), "n_images": len(dataset)}
+    if is_cityscapes(label_space.names):
+        result.update(_cityscapes_scores(matrix, instances))
+    return result
+
+
+def _instance_counts(
+    dataset: SegmentationDataset, source_format: str, label_space: LabelSpace
+) -> InstanceCounts | None:
+    """Counts to fill when the classes are Cityscapes' and every image has an instance map."""
+    if not is_cityscapes(label_space.names):
+        return None
+    labels = [label for _, label in dataset.items]
+    if all(read_instance_map(source_format, label, exists_only=True) for label in labels):
+        return InstanceCounts()
+    return None
+
+
+def _observer(
+    dataset: SegmentationDataset, source_format: str, counts: InstanceCounts
+) -> Callable[[int, np.ndarray], None]:
+    def observe(index: int, prediction: np.ndarray) -> None:
+        instances = read_instance_map(source_format, dataset.items[index][1])
+        assert isinstance(instances, np.ndarray)
+        counts.update(prediction, instances)
+
+    return observe
+
+
+def _cityscapes_scores(matrix: ConfusionMatrix, instances: InstanceCounts | None) -> dict:
+    def json_able(scores: dict[str, float]) -> dict[str, float | None]:
+        return {k: None if np.isnan(v) else v for k, v in scores.items()}
+
+    categories = category_iou(matrix)
+    scores: dict[str, Any] = {
+        "category_iou": json_able(categories),
+        "category_miou": mean_defined(categories),
+    }
+    if instances is not None:
+        classes, groups = instances.class_iiou(matrix), instances.category_iiou(matrix)
+        scores.update(
+            iiou_per_class=json_able(classes),
+            iiou=mean_defined(classes),
+            category_iiou=json_able(groups),
+            category_iiou_mean=mean_defined(groups),
+        )
+    return scores

@@ -158,6 +158,20 @@ def read_label(
     return label_space.to_train_ids(stored)
 
 
+def read_instance_file(path: str | Path) -> np.ndarray:
+    """A 16-bit instance map (Cityscapes' ``*_instanceIds.png``, KITTI's ``instance/``) as it is
+    stored.
+
+    Raises:
+        DataError: The file is missing or does not decode to one channel.
+    """
+    name = str(path)
+    array = _decode(_read_bytes(path), name, cv2.IMREAD_UNCHANGED)
+    if array.ndim != 2:
+        raise InvalidLabelError(name, f"instance map has shape {array.shape}; expected (H, W)")
+    return array
+
+
 def write_image(path: str | Path, rgb: np.ndarray) -> Path:
     """Write an (H, W, 3) uint8 RGB image; the suffix picks the format (.png, .jpg or .jpeg).
 

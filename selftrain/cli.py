@@ -112,6 +112,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for name, iou in result["per_class_iou"].items():
         print(f"{name:20s} {'  n/a' if iou is None else f'{100 * iou:5.1f}'}")
     print(f"{'mIoU':20s} {100 * result['miou']:5.1f}  ({result['n_images']} images)")
+    for key, title in (("category_miou", "category mIoU"), ("iiou", "iIoU"),
+                       ("category_iiou_mean", "category iIoU")):  # fmt: skip
+        if result.get(key) is not None:
+            print(f"{title:20s} {100 * result[key]:5.1f}")
     return 0
 
 

@@ -216,6 +216,22 @@ def _cmd_store_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_review_export(args: argparse.Namespace) -> int:
+    from core.review import export_review
+
+    print(json.dumps(export_review(args.store, args.out, args.n, args.by, args.format)))
+    return 0
+
+
+def _cmd_review_import(args: argparse.Namespace) -> int:
+    from core.review import import_review
+    from core.store import LabelStore
+
+    space = LabelStore.open(args.store, read_only=True).label_space
+    print(json.dumps(import_review(args.export, args.images, args.out, space)))
+    return 0
+
+
 def _cmd_datasets_check(args: argparse.Namespace) -> int:
     from core.configs import DataSource
     from core.dataset_check import check_dataset
@@ -356,6 +372,27 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=["png", "cityscapes"], default="png")
     p.set_defaults(func=_cmd_store_export)
+
+    review = sub.add_parser(
+        "review", help="send the least certain pseudo labels to annotators, read corrections back"
+    ).add_subparsers(dest="review_command", required=True)
+    p = review.add_parser("export", help="images and pseudo labels for CVAT or Label Studio")
+    p.add_argument("--store", required=True)
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument(
+        "--by", choices=["lowest-confidence", "class-rarity"], default="lowest-confidence"
+    )
+    p.add_argument("--format", choices=["cvat", "label-studio"], required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_review_export)
+    p = review.add_parser("import", help="corrected masks as a labeled (paired) source")
+    p.add_argument(
+        "--export", required=True, help="CVAT's Segmentation mask zip or Label Studio's JSON"
+    )
+    p.add_argument("--images", required=True, help="the images/ folder review export wrote")
+    p.add_argument("--store", required=True, help="the store whose classes the masks use")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_review_import)
 
     p = sub.add_parser("store-info", help="JSON summary of a label store")
     p.add_argument("store")

@@ -71,6 +71,23 @@ def mean_confidences(store: LabelStore, indices: np.ndarray) -> np.ndarray:
     return means
 
 
+def confidence_histograms(
+    store: LabelStore, indices: list[int], bins: int = 10
+) -> dict[str, list[int]]:
+    """For each class, how many of its pseudo-labeled pixels in ``indices`` fall in each of
+    ``bins`` equal confidence bins from 0 to 1 (classes with no pixels left out)."""
+    space = store.label_space
+    counts = np.zeros((space.num_classes, bins), np.int64)
+    for index in indices:
+        label, confidence = store.label(index), store.confidence(index)
+        keep = label != space.ignore_index
+        binned = np.minimum(confidence[keep].astype(np.int64) * bins // 256, bins - 1)
+        np.add.at(counts, (label[keep].astype(np.int64), binned), 1)
+    return {
+        name: [int(v) for v in counts[c]] for c, name in enumerate(space.names) if counts[c].any()
+    }
+
+
 def export_review(
     store_path: str | Path, out: str | Path, n: int, order: ReviewOrder, fmt: ReviewFormat
 ) -> dict:

@@ -88,6 +88,13 @@ def overlay(
     return np.where(known, blended, image).round().astype(np.uint8)
 
 
+def heat_map(confidence: np.ndarray) -> np.ndarray:
+    """An RGB picture of a uint8 confidence map: blue where the teacher is unsure, red: sure."""
+    import cv2
+
+    return cv2.cvtColor(cv2.applyColorMap(confidence, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+
+
 def shrink(image: np.ndarray, max_width: int = OVERLAY_MAX_WIDTH) -> np.ndarray:
     """``image`` scaled down (nearest, so label colors stay exact) to at most ``max_width`` wide."""
     import cv2

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from fastapi import Path as PathParam
 from fastapi.responses import PlainTextResponse
@@ -15,12 +16,13 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy import select
 
 from core.plan import RunSpec, SpecError
-from services.artifacts import encode_png, overlay, shrink
+from services.artifacts import encode_png, heat_map, overlay, shrink
 from services.db import TERMINAL, Run, Stage
 from services.deps import Service, ServiceDep
 from services.ray_jobs import ClusterUnavailableError
 from services.schemas import (
     PseudoLabelSamples,
+    ReviewCandidates,
     RunCreated,
     RunOut,
     RunSummary,
@@ -37,6 +39,9 @@ PNG = {"content": {"image/png": {}}, "description": "A PNG image"}
 NOT_FOUND = {"description": "No such run or stage"}
 # Overlays the dashboard shows per label stage.
 SAMPLES_SHOWN = 4
+# The review view ranks at most this many done images of a store (spread evenly over it), so a
+# request reads a bounded number of confidence maps whatever the store's size.
+REVIEW_SCAN = 2048
 
 
 @router.post("/runs", status_code=status.HTTP_201_CREATED, responses={422: {}})
@@ -113,6 +118,32 @@ def pseudo_label_samples(
     )
 
 
+@router.get("/runs/{run_id}/stages/{stage_name}/review", responses={404: NOT_FOUND})
+def review_candidates(
+    run_id: RunId,
+    stage_name: StageName,
+    service: ServiceDep,
+    n: Annotated[int, Query(ge=1, le=64)] = 6,
+) -> ReviewCandidates:
+    """The store's images the teacher is least sure of (lowest mean confidence first, among up to
+    REVIEW_SCAN done images spread over the store), and per-class confidence histograms of them."""
+    from core.review import confidence_histograms, mean_confidences
+
+    store = _open_store(service, run_id, stage_name)
+    done = store.done_indices()
+    scanned = done[:: max(1, -(-len(done) // REVIEW_SCAN))]
+    means = mean_confidences(store, scanned)
+    order = np.argsort(means, kind="stable")[:n]
+    picks = [int(scanned[k]) for k in order]
+    return ReviewCandidates(
+        n_done=len(done),
+        n_scanned=len(scanned),
+        indices=picks,
+        mean_confidence=[float(means[k]) for k in order],
+        histograms=confidence_histograms(store, picks),
+    )
+
+
 @router.get(
     "/runs/{run_id}/stages/{stage_name}/pseudo-labels/{index}",
     response_class=Response,
@@ -123,10 +154,11 @@ def pseudo_label_picture(
     stage_name: StageName,
     index: Annotated[int, PathParam(ge=0)],
     service: ServiceDep,
-    view: Literal["overlay", "image", "label"] = "overlay",
+    view: Literal["overlay", "image", "label", "confidence"] = "overlay",
 ) -> Response:
-    """Image ``index`` of the store, its colored pseudo label over it, or the label alone (PNG,
-    shrunk to the dashboard's width)."""
+    """Image ``index`` of the store, its colored pseudo label over it, the label alone, or the
+    teacher's confidence as a heat map (blue: unsure, red: sure) (PNG, shrunk to the dashboard's
+    width)."""
     from core.errors import DataError
     from core.io import read_image
     from core.store import ImageStatus
@@ -138,6 +170,8 @@ def pseudo_label_picture(
     label = store.label(index)
     if view == "label":
         picture = space.colorize(label)
+    elif view == "confidence":
+        picture = heat_map(store.confidence(index))
     else:
         try:
             image = read_image(_servable(store.image_path(index), service.settings.allowed_roots))

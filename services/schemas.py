@@ -118,6 +118,18 @@ class PseudoLabelSamples(BaseModel):
     indices: list[int]
 
 
+class ReviewCandidates(BaseModel):
+    """The images of a store to review first, and how sure the teacher is of each class there."""
+
+    n_done: int
+    n_scanned: int = Field(description="Done images ranked (spread evenly over the store)")
+    indices: list[int] = Field(description="Lowest mean confidence first")
+    mean_confidence: list[float]
+    histograms: dict[str, list[int]] = Field(
+        description="Per class: pixels of these images in 10 confidence bins from 0 to 1"
+    )
+
+
 def when(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 

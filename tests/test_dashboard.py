@@ -140,6 +140,34 @@ def test_click_through_a_finished_run(live_service, finished_run, browser, scree
     assert browser.save_screenshot(str(screenshot_dir / "dashboard.png"))
 
 
+def test_review_view_shows_the_least_certain_pseudo_labels_first(
+    live_service, finished_run, browser, screenshot_dir
+):
+    """The label stage's card lists the images with the lowest mean confidence first, each as
+    image, pseudo label and confidence heat map, and a confidence histogram per class."""
+    from selenium.webdriver.common.by import By
+
+    run = finished_run
+    review = live_service.json("GET", f"/api/runs/{run['id']}/stages/label-0/review?n=4")
+    assert review["n_done"] == 8 and len(review["indices"]) == 4
+    assert review["mean_confidence"] == sorted(review["mean_confidence"])
+    browser.get(f"{live_service.url}/#token={TOKEN}")
+    item = _wait(
+        browser, lambda d: d.find_element(By.CSS_SELECTOR, f'li[data-run-id="{run["id"]}"]')
+    )
+    item.click()
+    _wait(browser, lambda d: _loaded_images(d, ".review-row img") == 12)
+    rows = browser.find_elements(By.CSS_SELECTOR, ".review-row")
+    assert [int(r.get_attribute("data-index")) for r in rows] == review["indices"]
+    assert f"mean confidence {100 * review['mean_confidence'][0]:.1f} %" in rows[0].text
+    shown = [
+        h.get_attribute("data-class") for h in browser.find_elements(By.CSS_SELECTOR, ".histogram")
+    ]
+    assert shown == list(review["histograms"])
+    browser.execute_script("document.querySelector('.review').scrollIntoView()")
+    assert browser.save_screenshot(str(screenshot_dir / "dashboard-review.png"))
+
+
 def test_predict_page_shows_the_mask(live_service, finished_run, browser, screenshot_dir):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select

@@ -306,6 +306,7 @@ function renderRun() {
     }
     if (stage.kind === "label" && stage.summary) {
       const samples = el("div", { class: "samples" });
+      const review = el("div", { class: "review" });
       cards.push(
         el(
           "div",
@@ -321,9 +322,12 @@ function renderRun() {
             ),
             el("div", {}, el("h3", {}, "pseudo labels beside their images"), samples),
           ),
+          el("h3", {}, "review first: the images the teacher is least sure of (image, pseudo label, confidence)"),
+          review,
         ),
       );
       fillSamples(run.id, stage.name, samples);
+      fillReview(run.id, stage.name, review);
     }
   }
   detail.replaceChildren(...cards);
@@ -344,6 +348,37 @@ async function fillSamples(runId, stageName, container) {
     }
   } catch (error) {
     container.append(el("p", { class: "muted" }, `no pseudo labels to show yet (${error.message})`));
+  }
+}
+
+// The store's least certain images (image, pseudo label, confidence heat map: blue unsure, red
+// sure) and, per class, how its pixels there spread over ten confidence bins.
+async function fillReview(runId, stageName, container) {
+  try {
+    const base = `/api/runs/${runId}/stages/${stageName}`;
+    const review = await apiJson(`${base}/review?n=4`);
+    for (const [k, index] of review.indices.entries()) {
+      const views = await Promise.all(["image", "label", "confidence"].map((v) => imageUrl(`${base}/pseudo-labels/${index}?view=${v}`)));
+      container.append(
+        el(
+          "div",
+          { class: "review-row", "data-index": index },
+          ...views.map((src, v) => el("img", { src, alt: `${["image", "pseudo label", "confidence"][v]} ${index}` })),
+          el("span", { class: "muted" }, `mean confidence ${(100 * review.mean_confidence[k]).toFixed(1)} %`),
+        ),
+      );
+    }
+    const grid = el("div", { class: "histograms" });
+    for (const [name, counts] of Object.entries(review.histograms)) {
+      const max = Math.max(...counts, 1);
+      grid.append(
+        el("span", {}, name),
+        el("span", { class: "histogram", "data-class": name }, ...counts.map((c) => el("i", { style: `height:${(100 * c) / max}%` }))),
+      );
+    }
+    container.append(el("h3", {}, `confidence per class in these images (0 → 1)`), grid);
+  } catch (error) {
+    container.append(el("p", { class: "muted" }, `nothing to review yet (${error.message})`));
   }
 }
 

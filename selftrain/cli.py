@@ -270,6 +270,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(sub)
+    _add_label_file_commands(sub)
     _add_run_commands(sub)
     return parser
 
@@ -324,6 +325,19 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-agreement", type=float, default=0.999)
     p.set_defaults(func=_cmd_export)
 
+    p = sub.add_parser("store-info", help="JSON summary of a label store")
+    p.add_argument("store")
+    p.add_argument("--compact", action="store_true")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="also read every done image's chunks; one line per problem on stderr, exit 1 if any",
+    )
+    p.set_defaults(func=_cmd_store_info)
+
+
+def _add_label_file_commands(sub: argparse._SubParsersAction) -> None:
+    """datasets check, predict, store-export."""
     datasets = sub.add_parser("datasets", help="check a labeled dataset").add_subparsers(
         dest="datasets_command", required=True
     )
@@ -373,6 +387,11 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["png", "cityscapes"], default="png")
     p.set_defaults(func=_cmd_store_export)
 
+    _add_review_commands(sub)
+
+
+def _add_review_commands(sub: argparse._SubParsersAction) -> None:
+    """review export, review import."""
     review = sub.add_parser(
         "review", help="send the least certain pseudo labels to annotators, read corrections back"
     ).add_subparsers(dest="review_command", required=True)
@@ -393,16 +412,6 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", required=True, help="the store whose classes the masks use")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_review_import)
-
-    p = sub.add_parser("store-info", help="JSON summary of a label store")
-    p.add_argument("store")
-    p.add_argument("--compact", action="store_true")
-    p.add_argument(
-        "--verify",
-        action="store_true",
-        help="also read every done image's chunks; one line per problem on stderr, exit 1 if any",
-    )
-    p.set_defaults(func=_cmd_store_info)
 
 
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:

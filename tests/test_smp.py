@@ -215,3 +215,70 @@ def test_an_smp_student_trains_labels_evaluates_exports_and_predicts(scenes, tmp
     body = response.json()
     assert (body["height"], body["width"]) == (37, 53)
     assert abs(sum(c["share"] for c in body["classes"]) - 1) < 1e-6
+
+
+def _timm_state(name: str, path: Path) -> dict[str, torch.Tensor]:
+    """timm's own model ``name`` (no download) saved as the hub's model.safetensors."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(4)
+    state = {k: v.contiguous() for k, v in timm.create_model(name).state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return state
+
+
+def test_timm_weights_by_name_load_into_a_timm_encoder(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv("SELFTRAIN_HF_URL", "http://127.0.0.1:9")  # offline: the cache must do
+    state = _timm_state("resnet18", tmp_path / "timm" / "resnet18.a1_in1k" / "model.safetensors")
+    model = build_model(
+        "smp", 4, arch="FPN", encoder="tu-resnet18", encoder_weights="timm:resnet18.a1_in1k"
+    )
+    loaded = model.net.encoder.model.state_dict()
+    assert set(loaded) == {k for k in state if not k.startswith("fc.")}
+    for key, value in loaded.items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_timm_weights_download_is_checked_against_the_hubs_sha256(tmp_path, monkeypatch):
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    from core.weights import resolve_weights
+
+    served = tmp_path / "hub"
+    file = served / "timm" / "resnet18.a1_in1k" / "resolve" / "main" / "model.safetensors"
+    _timm_state("resnet18", file)
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    etags = {"value": digest}
+
+    class Hub(http.server.SimpleHTTPRequestHandler):
+        def end_headers(self) -> None:  # the hub names an LFS file's SHA-256 in this header
+            self.send_header("X-Linked-Etag", f'"{etags["value"]}"')
+            super().end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Hub, directory=str(served))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("SELFTRAIN_HF_URL", f"http://127.0.0.1:{server.server_port}")
+    try:
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / "wrong"))
+        etags["value"] = "0" * 64
+        with pytest.raises(CheckpointError, match="invalid hash value"):
+            resolve_weights("timm:resnet18.a1_in1k")
+        assert not (tmp_path / "wrong" / "timm" / "resnet18.a1_in1k" / "model.safetensors").exists()
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+        etags["value"] = digest
+        path = resolve_weights("timm:resnet18.a1_in1k")
+    finally:
+        server.shutdown()
+    assert path == tmp_path / "cache" / "timm" / "resnet18.a1_in1k" / "model.safetensors"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest

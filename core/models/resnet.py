@@ -160,11 +160,13 @@ def resnext50_32x4d(output_stride: int = 32, weights: str | Path | None = None) 
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
-    """Loads a torchvision-format ResNet state dict file, or named weights (core.weights, e.g.
-    ``torchvision:resnet50.IMAGENET1K_V2``), into ``backbone`` in place.
+    """Loads a state dict file in ``backbone``'s layout (torchvision's for our ResNets; a
+    ``.safetensors`` file too), or named weights (core.weights, e.g.
+    ``torchvision:resnet50.IMAGENET1K_V2``, ``timm:resnet50.a1_in1k``), into ``backbone`` in place.
 
-    ``fc.*`` keys are ignored. ``num_batches_tracked`` buffers may be absent (torchvision's older
-    ImageNet files lack them). Every other key must be present with the right shape.
+    A classification head the backbone lacks (``fc.*``, ``head.*``, ``classifier.*``) is ignored.
+    ``num_batches_tracked`` buffers may be absent (torchvision's older ImageNet files lack them).
+    Every other key must be present with the right shape.
 
     Raises:
         CheckpointError: The file is missing, unreadable, not a state dict, or its keys or shapes
@@ -174,14 +176,24 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     if not path.is_file():
         raise CheckpointError(path, "backbone weights file not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise CheckpointError(path, f"cannot read backbone weights: {error}") from error
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(path, "expected a state dict mapping parameter names to tensors")
 
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     expected = backbone.state_dict()
+    # The classification head of an ImageNet model (torchvision's fc, timm's head / classifier)
+    # has no place in a backbone.
+    heads = tuple(
+        h for h in ("fc.", "head.", "classifier.") if not any(k.startswith(h) for k in expected)
+    )
+    state = {k: v for k, v in state.items() if not k.startswith(heads)}
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
     wrong_shape = [
@@ -198,7 +210,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
         problems.append(f"{len(wrong_shape)} keys with wrong shape ({_first(wrong_shape)})")
     if problems:
         raise CheckpointError(
-            path, "not a matching torchvision ResNet state dict: " + "; ".join(problems)
+            path, "not a state dict of this backbone's layout: " + "; ".join(problems)
         )
     backbone.load_state_dict(state, strict=False)
 

@@ -77,8 +77,9 @@ def smp_model(
             ...; ``selftrain models`` lists them).
         encoder: An smp encoder name (``resnet50``, ``mit_b0``, ``tu-<timm name>``, ...).
         encoder_weights: A state dict file for the encoder, or named weights
-            (``torchvision:resnet50.IMAGENET1K_V2``, core.weights) whose layout the encoder has
-            (smp's ResNet encoders have torchvision's).
+            (``torchvision:resnet50.IMAGENET1K_V2``, ``timm:resnet50.a1_in1k``, core.weights)
+            whose layout the encoder has (smp's ResNet encoders have torchvision's, its ``tu-``
+            encoders timm's).
 
     Raises:
         ConfigError: smp is not installed, or it does not know ``arch`` or ``encoder``.
@@ -104,7 +105,9 @@ def smp_model(
     if encoder_weights is not None:
         from core.models.resnet import load_backbone_weights
 
-        load_backbone_weights(net.encoder, encoder_weights)
+        # smp's "tu-" encoders hold the timm model (features only) as `model`.
+        target = net.encoder.model if encoder.startswith("tu-") else net.encoder
+        load_backbone_weights(target, encoder_weights)
     return SmpSegmenter(net, decoder_channels, num_classes)
 
 

@@ -97,12 +97,12 @@ def test_cvat_round_trip(store, tmp_path):
 
 def test_label_studio_round_trip(store, tmp_path):
     out = tmp_path / "review"
-    export_review(store, out, 2, "class-rarity", "label-studio")
+    export_review(store, out, 5, "lowest-confidence", "label-studio")
     tasks = json.loads((out / "tasks.json").read_text())
-    assert [t["data"]["selftrain_name"] for t in tasks] == ["f5", "f6"]
+    assert [t["data"]["selftrain_name"] for t in tasks] == ["f0", "f1", "f2", "f3", "f4"]
     opened = LabelStore.open(store, read_only=True)
     # Label Studio's own decoder reads each pre-annotated class region back exactly.
-    for task, index in zip(tasks, (5, 6), strict=True):
+    for task, index in zip(tasks, range(5), strict=True):
         label = opened.label(index)
         for region in task["predictions"][0]["result"]:
             name = region["value"]["brushlabels"][0]
@@ -113,10 +113,10 @@ def test_label_studio_round_trip(store, tmp_path):
         in (out / "labeling_config.xml").read_text()
     )
 
-    # The annotator's corrections come back as annotations in Label Studio's JSON export; a
-    # task nobody corrected is skipped.
+    # The annotator's corrections come back as annotations in Label Studio's JSON export; the
+    # tasks nobody corrected are skipped.
     corrections = {}
-    for task, index in zip(tasks[:1], (5,), strict=True):
+    for task, index in zip(tasks[:2], (0, 1), strict=True):
         fixed = _corrected(opened.label(index))
         corrections[task["data"]["selftrain_name"]] = fixed
         task["annotations"] = [{"result": [
@@ -129,7 +129,7 @@ def test_label_studio_round_trip(store, tmp_path):
     exported = tmp_path / "export.json"
     exported.write_text(json.dumps(tasks))
     result = _check_import(exported, out, tmp_path / "imported", corrections)
-    assert result["skipped"] == 1
+    assert result["skipped"] == 3
 
 
 def _check_import(exported: Path, out: Path, target: Path, corrections: dict) -> dict:

@@ -164,6 +164,11 @@ def test_review_view_shows_the_least_certain_pseudo_labels_first(
         h.get_attribute("data-class") for h in browser.find_elements(By.CSS_SELECTOR, ".histogram")
     ]
     assert shown == list(review["histograms"])
+    # Bars are drawn (the page's CSP refuses style attributes; sizes are set through CSSOM): each
+    # histogram's fullest bin fills its 28 px.
+    for histogram in browser.find_elements(By.CSS_SELECTOR, ".histogram"):
+        heights = [bar.size["height"] for bar in histogram.find_elements(By.TAG_NAME, "i")]
+        assert max(heights) == 28, heights
     browser.execute_script("document.querySelector('.review').scrollIntoView()")
     assert browser.save_screenshot(str(screenshot_dir / "dashboard-review.png"))
 

@@ -109,9 +109,11 @@ class DemoConfig(StrictModel):
     """The demo: its scenes, the run spec that trains on them, and the picture's size.
 
     ``DemoConfig.default()``: the student, which starts from the teacher's weights, beats the
-    teacher on the held-out source scenes (seed 0: 30.4 -> 33.4 mIoU; seeds 1, 2: +2.9, +2.2), but
-    the labeled-only control trained the same way ends higher (seed 0: 35.4), and the demo says
-    so; docs/performance.md has the figures, docs/results.md the method on real images.
+    teacher on the held-out source scenes (seed 0: 30.0 -> 33.3 mIoU; seeds 1, 2: +3.0, +2.9), but
+    the labeled-only control trained the same way ends higher (seed 0: 35.5), and the demo says
+    so and why (its pseudo labels score about 30 mIoU against the scenes' true labels);
+    docs/performance.md has the figures and the search for other settings, docs/results.md the
+    method on real images.
     ``DemoConfig.quick()`` is the CI variant: tiny sizes, about a minute, no claim about who wins.
 
     Attributes:

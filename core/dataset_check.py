@@ -42,8 +42,8 @@ class _Findings:
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
-    def add(self, kind: str, example: str, count: int = 1) -> None:
-        self.counts[kind] += count
+    def add(self, kind: str, example: str) -> None:
+        self.counts[kind] += 1
         shown = self.examples.setdefault(kind, [])
         if len(shown) < EXAMPLES:
             shown.append(example)
@@ -72,9 +72,10 @@ def check_dataset(source: DataSource, max_images: int | None = None) -> dict:
     for image, label in missing:
         findings.add("missing_label", f"{image}: no {label}")
     _find_orphans(dataset, findings)
-    if dataset.label_space is None or not any(label for _, label in dataset.items):
-        return _report(dataset, findings, 0, np.zeros(0), Counter())
-    pixels = np.zeros(dataset.label_space.num_classes, np.int64)
+    names = dataset.label_space.names if dataset.label_space is not None else ()
+    pixels = np.zeros(len(names), np.int64)
+    if not any(label for _, label in dataset.items):
+        return _report(dataset, findings, 0, pixels, Counter())
     outside: Counter = Counter()
     checked = 0
     for image, label in dataset.items[:max_images]:
@@ -205,8 +206,6 @@ def _report(
         "problems": findings.as_dict(),
         "class_pixel_share": {
             name: (int(pixels[i]) / total if total else 0.0) for i, name in enumerate(names)
-        }
-        if len(pixels)
-        else {},
+        },
         "ids_outside_space": {str(v): n for v, n in sorted(outside.items())},
     }

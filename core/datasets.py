@@ -259,12 +259,9 @@ def kitti(root: str | Path, split: str) -> SegmentationDataset:
     return SegmentationDataset(items, CITYSCAPES, root, CITYSCAPES_STORED_IDS)
 
 
-def read_instance_map(
-    source_format: str, label_path: str | None, exists_only: bool = False
-) -> np.ndarray | bool | None:
-    """The instance map beside a label file, in Cityscapes' encoding (core.cityscapes_metrics):
-    Cityscapes' ``*_gtFine_instanceIds.png``, KITTI's ``instance/<name>``. None (False with
-    ``exists_only``) for other formats or when the file is not there."""
+def instance_map_path(source_format: str, label_path: str | None) -> Path | None:
+    """The instance map beside a label file, when it is there: Cityscapes'
+    ``*_gtFine_instanceIds.png``, KITTI's ``instance/<name>``; None for other formats."""
     path = None
     if label_path is not None and source_format == "cityscapes":
         for kind in ("_gtFine_labelIds.png", "_gtFine_labelTrainIds.png"):
@@ -272,10 +269,11 @@ def read_instance_map(
                 path = Path(label_path[: -len(kind)] + "_gtFine_instanceIds.png")
     elif label_path is not None and source_format == "kitti":
         path = Path(label_path).parent.parent / "instance" / Path(label_path).name
-    if path is None or not path.is_file():
-        return False if exists_only else None
-    if exists_only:
-        return True
+    return path if path is not None and path.is_file() else None
+
+
+def read_instance_map(source_format: str, path: Path) -> np.ndarray:
+    """An instance map (``instance_map_path``) in Cityscapes' encoding (core.cityscapes_metrics)."""
     raw = read_instance_file(path)
     return kitti_instances(raw) if source_format == "kitti" else raw.astype(np.int64)
 

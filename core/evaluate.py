@@ -13,7 +13,12 @@ from torch import nn
 from core.checkpoint import load_model
 from core.cityscapes_metrics import InstanceCounts, category_iou, is_cityscapes, mean_defined
 from core.configs import DataSource, InferenceMode
-from core.datasets import SegmentationDataset, open_source, read_instance_map
+from core.datasets import (
+    SegmentationDataset,
+    instance_map_path,
+    open_source,
+    read_instance_map,
+)
 from core.errors import CheckpointError, DataError, SizeMismatchError
 from core.inference import predict
 from core.labels import LabelSpace
@@ -102,8 +107,12 @@ def evaluate_checkpoint(
             checkpoint,
             f"model classes {list(label_space.names)} differ from the data's classes {data_names}",
         )
-    instances = _instance_counts(dataset, source.format, label_space)
-    observe = None if instances is None else _observer(dataset, source.format, instances)
+    paths = _instance_paths(dataset, source.format, label_space)
+    instances: InstanceCounts | None = None
+    observe = None
+    if paths is not None:
+        instances = InstanceCounts()
+        observe = _observer(paths, source.format, instances)
     matrix = evaluate(model, dataset, label_space, mode, device, observe, **inference_options)
     result = {**matrix.to_dict(label_space.names), "n_images": len(dataset)}
     if is_cityscapes(label_space.names):
@@ -111,25 +120,24 @@ def evaluate_checkpoint(
     return result
 
 
-def _instance_counts(
+def _instance_paths(
     dataset: SegmentationDataset, source_format: str, label_space: LabelSpace
-) -> InstanceCounts | None:
-    """Counts to fill when the classes are Cityscapes' and every image has an instance map."""
+) -> list[Path] | None:
+    """Each image's instance map when the classes are Cityscapes' and every image has one."""
     if not is_cityscapes(label_space.names):
         return None
-    labels = [label for _, label in dataset.items]
-    if all(read_instance_map(source_format, label, exists_only=True) for label in labels):
-        return InstanceCounts()
-    return None
+    found = [instance_map_path(source_format, label) for _, label in dataset.items]
+    paths = [path for path in found if path is not None]
+    return paths if len(paths) == len(found) else None
 
 
 def _observer(
-    dataset: SegmentationDataset, source_format: str, counts: InstanceCounts
+    paths: list[Path], source_format: str, counts: InstanceCounts
 ) -> Callable[[int, np.ndarray], None]:
+    """Adds each prediction and its image's instance map to ``counts``."""
+
     def observe(index: int, prediction: np.ndarray) -> None:
-        instances = read_instance_map(source_format, dataset.items[index][1])
-        assert isinstance(instances, np.ndarray)
-        counts.update(prediction, instances)
+        counts.update(prediction, read_instance_map(source_format, paths[index]))
 
     return observe
 

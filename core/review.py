@@ -45,14 +45,25 @@ def select_for_review(store: LabelStore, n: int, order: ReviewOrder) -> list[int
         means = mean_confidences(store, done)
         ranked = done[np.argsort(means, kind="stable")]
     elif order == "class-rarity":
-        pixels = store.tables["class_pixels"][:][done].astype(np.float64)
-        totals = pixels.sum(axis=0)
-        rarity = np.where(totals > 0, 1.0 / np.maximum(totals, 1), 0.0)
-        score = ((pixels > 0) * rarity).max(axis=1)  # the rarest class the image holds
-        ranked = done[np.argsort(-score, kind="stable")]
+        ranked = done[np.argsort(-rarity_scores(store, done), kind="stable")]
     else:
         raise ConfigError(f"unknown review order {order!r}; use lowest-confidence or class-rarity")
     return [int(i) for i in ranked[:n]]
+
+
+def rarity_scores(store: LabelStore, indices: np.ndarray) -> np.ndarray:
+    """Each image's rarest class, as 1 / that class's pseudo-labeled pixels in the store; the
+    per-image class counts are read a shard at a time (memory stays one shard's rows)."""
+    totals = store.class_pixels().astype(np.float64)
+    rarity = np.where(totals > 0, 1.0 / np.maximum(totals, 1), 0.0)
+    scores = np.zeros(len(indices))
+    position = {int(index): k for k, index in enumerate(indices)}
+    for shard, members in store.shards_of(indices):
+        start, end = store.shard_range(shard)
+        rows = store.tables["class_pixels"][start:end][members - start]
+        for index, row in zip(members, rows, strict=True):
+            scores[position[int(index)]] = ((row > 0) * rarity).max()
+    return scores
 
 
 def mean_confidences(store: LabelStore, indices: np.ndarray) -> np.ndarray:

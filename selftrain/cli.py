@@ -12,6 +12,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+# Dataset formats with labels in their own layout (core.datasets), and Mapillary's versions.
+LABELED_FORMATS = ("cityscapes", "camvid", "mapillary", "bdd100k", "kitti")
+MAPILLARY_VERSIONS = ("v1.2", "v2.0")
+
 
 def parse_size(text: str) -> tuple[int, int]:
     """Parse ``"HxW"`` (e.g. ``"256x512"``) into (height, width).
@@ -297,12 +301,12 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument(
         "--format",
-        choices=["cityscapes", "camvid", "mapillary", "bdd100k", "kitti", "folder"],
+        choices=[*LABELED_FORMATS, "folder"],
         required=True,
     )
     p.add_argument("--root", required=True)
     p.add_argument("--split", default="val")
-    p.add_argument("--version", choices=["v1.2", "v2.0"], default="v1.2", help="Mapillary Vistas")
+    p.add_argument("--version", choices=MAPILLARY_VERSIONS, default="v1.2", help="Mapillary Vistas")
     p.add_argument("--mode", choices=["whole", "slide", "multiscale"], default="whole")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
@@ -348,12 +352,12 @@ def _add_label_file_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--format",
-        choices=["cityscapes", "camvid", "mapillary", "bdd100k", "kitti", "paired"],
+        choices=[*LABELED_FORMATS, "paired"],
         required=True,
     )
     p.add_argument("--root", required=True)
     p.add_argument("--split", default="train")
-    p.add_argument("--version", choices=["v1.2", "v2.0"], default="v1.2", help="Mapillary Vistas")
+    p.add_argument("--version", choices=MAPILLARY_VERSIONS, default="v1.2", help="Mapillary Vistas")
     p.add_argument("--classes", help="format paired: the class names, comma-separated")
     p.add_argument("--max-images", type=int, default=None, help="read only the first N labels")
     p.add_argument("--json", action="store_true")
@@ -364,7 +368,7 @@ def _add_label_file_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", required=True, help="the images' folder (or dataset root)")
     p.add_argument(
         "--source-format",
-        choices=["folder", "cityscapes", "camvid", "mapillary", "bdd100k", "kitti"],
+        choices=["folder", *LABELED_FORMATS],
         default="folder",
     )
     p.add_argument("--split", default="val", help="the split, for a dataset root")

@@ -33,7 +33,6 @@ class ServiceTracking:
     def __init__(self, uri: str, artifacts: str | None = None, ui: str | None = None) -> None:
         self.settings = TrackingSettings(uri=uri, artifacts=artifacts)
         self.ui = ui.rstrip("/") if ui else None
-        self._parents: dict[str, str] = {}
         self._stages: dict[str, tuple[str, str]] = {}
         self._lock = threading.Lock()
 
@@ -59,16 +58,11 @@ class ServiceTracking:
         except Exception as exc:  # the tracker is optional; the run goes on without it
             log.warning("run %s: not tracked, MLflow at %s: %s", run.id, self.settings.uri, exc)
             return None
-        with self._lock:
-            self._parents[run.id] = parent
         return settings.model_copy(update={"parent_run_id": parent})
 
     def end(self, run: Run) -> None:
         """End the run's parent MLflow run with the run's status (FINISHED, FAILED or KILLED)."""
-        with self._lock:
-            parent = self._parents.pop(run.id, None)
-        if parent is None:
-            parent = self._parent_of(run)
+        parent = _parent_of(run)
         if parent is None:
             return
         status = {"SUCCEEDED": "FINISHED", "STOPPED": "KILLED"}.get(run.status, "FAILED")
@@ -97,10 +91,11 @@ class ServiceTracking:
         url = f"{self.ui}/#/experiments/{experiment}/runs/{run_id}" if self.ui else None
         return {"run_id": run_id, "url": url}
 
-    def _parent_of(self, run: Run) -> str | None:
-        """The parent MLflow run a stage of ``run`` was given (the service may have restarted)."""
-        for stage in run.stages:
-            tracking = (stage.config or {}).get("tracking") or {}
-            if tracking.get("parent_run_id"):
-                return tracking["parent_run_id"]
-        return None
+
+def _parent_of(run: Run) -> str | None:
+    """The parent MLflow run the run's stages were given (recorded in their configs at submit)."""
+    for stage in run.stages:
+        tracking = (stage.config or {}).get("tracking") or {}
+        if tracking.get("parent_run_id"):
+            return tracking["parent_run_id"]
+    return None

@@ -229,6 +229,9 @@ class LabelJobConfig(LabelSettings):
     teacher_checkpoint: str
     source: DataSource
     store: str
+    # Labeled images no stage trains on, labeled like the pool; the store records how the
+    # pseudo labels compare with their truth (core.audit).
+    audit: list[DataSource] = Field(default_factory=list, max_length=16)
     ray_address: str | None = None
     tracking: TrackingSettings | None = None
 

@@ -12,6 +12,7 @@ stage's output path is known when the run is created.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -26,10 +27,16 @@ from core.configs import (
     TrainJobConfig,
     TrainSettings,
 )
+from core.drift import TAUGHT_AWAY_BELOW
+from core.evaluation import EvaluationSettings, ModelRef
+from core.evaluation_run import EvaluateJobConfig
+from core.gate import MODEL_NAME_PATTERN, GateSpec
 from core.runfiles import RunFiles, resolve_checkpoint
 
-StageKind = Literal["teacher", "label", "student", "control", "finetune"]
-JobScript = Literal["train", "label"]
+StageKind = Literal["teacher", "label", "student", "control", "finetune", "evaluate"]
+JobScript = Literal["train", "label", "evaluate"]
+# Where a run folder keeps its evaluation stages' reports.
+EVALUATIONS_DIR = "evaluations"
 
 
 class TrainStage(StrictModel):
@@ -56,11 +63,20 @@ class TrainStage(StrictModel):
 
 
 class LabelStage(StrictModel):
-    """Label ``sources`` with the teacher, and/or use existing label ``stores``."""
+    """Label ``sources`` with the teacher, and/or use existing label ``stores``.
+
+    Attributes:
+        audit: Labeled images no stage trains on; every label job labels them too, with the same
+            settings, and its store records how good its pseudo labels are (core.audit).
+        taught_away_below: A class whose share of a store's pseudo labels is below this fraction
+            of its labeled share (the audit's) is named as taught away (core.drift).
+    """
 
     sources: list[DataSource] = Field(default_factory=list, max_length=64)
     stores: list[str] = Field(default_factory=list, max_length=256)
     options: LabelSettings = Field(default_factory=LabelSettings)
+    audit: list[DataSource] = Field(default_factory=list, max_length=16)
+    taught_away_below: float = Field(default=TAUGHT_AWAY_BELOW, gt=0, le=1)
 
     @model_validator(mode="after")
     def _some(self) -> LabelStage:
@@ -86,6 +102,9 @@ class RunSpec(StrictModel):
         control: Also train a labeled-only control beside the (first) student: the student's
             settings and start, no pseudo labels, the same number of samples per epoch; the
             student's gain over it is what the pseudo labels gave.
+        evaluation: Named held-out test sets: each loop ends with an evaluation stage that
+            scores its teacher, the control and its student on them (core.evaluation).
+        gate: What a student must show there before it is promoted and registered (core.gate).
     """
 
     name: str = Field(min_length=1, max_length=100)
@@ -96,9 +115,12 @@ class RunSpec(StrictModel):
     finetune: TrainStage | None = None
     loops: int = Field(default=0, ge=0, le=10)
     control: bool = False
+    evaluation: EvaluationSettings | None = None
+    gate: GateSpec | None = None
 
     @model_validator(mode="after")
     def _check(self) -> RunSpec:
+        self._check_gate()
         if self.teacher.init_from_teacher:
             raise ValueError("teacher.init_from_teacher: the first teacher has no teacher")
         if self.loops and not self.label.sources:
@@ -121,6 +143,30 @@ class RunSpec(StrictModel):
                 "student.train.samples_per_epoch"
             )
         return self
+
+    def _check_gate(self) -> None:
+        if self.gate is None:
+            return
+        if self.evaluation is None:
+            raise ValueError("gate: the gate reads the evaluation's test sets; give evaluation")
+        unknown = [t for t in self.gate.tests if t not in self.evaluation.tests]
+        if unknown:
+            raise ValueError(
+                f"gate.tests: {unknown} are not in evaluation.tests {list(self.evaluation.tests)}"
+            )
+        if not self.control:
+            raise ValueError(
+                "gate: a student must beat its labeled-only control too; set control: true"
+            )
+        if self.gate.model_name is None and not re.match(MODEL_NAME_PATTERN, self.name):
+            raise ValueError(
+                f"gate.model_name: the run's name {self.name!r} cannot name a registered model "
+                "(letters, digits, space, _ . -); give gate.model_name"
+            )
+
+    def model_name(self) -> str:
+        """The name a promoted student is registered under."""
+        return (self.gate.model_name if self.gate else None) or self.name
 
 
 @dataclass
@@ -161,21 +207,26 @@ def plan_stages(spec: RunSpec, output: Path) -> list[PlannedStage]:
     """
     plan = _Planner(output)
     model = plan.train("teacher", "teacher", spec.teacher)
+    control = None
     for i, store in enumerate(spec.label.stores):
         plan.given(f"store-{i}", "label", f"label.stores.{i}", {"store": store})
     for loop in range(spec.loops + 1):
         prefix = f"loop{loop}-" if loop else ""
         stores = [] if loop else list(spec.label.stores)
         for i, source in enumerate(spec.label.sources):
-            stores.append(
-                plan.label(f"{prefix}label-{i}", f"label.sources.{i}", spec.label, source, model)
-            )
-        init = model if spec.student.init_from_teacher else None
+            name, spec_field = f"{prefix}label-{i}", f"label.sources.{i}"
+            stores.append(plan.label(name, spec_field, spec.label, source, model.checkpoint))
+        init = model.checkpoint if spec.student.init_from_teacher else None
         if spec.control and not loop:
-            plan.train("control", "control", spec.student, init=init)
+            control = plan.train("control", "control", spec.student, init=init)
+        teacher = model
         model = plan.train(f"{prefix}student", "student", spec.student, pseudo=stores, init=init)
         if spec.finetune is not None:
-            model = plan.train(f"{prefix}finetune", "finetune", spec.finetune, init=model)
+            model = plan.train(
+                f"{prefix}finetune", "finetune", spec.finetune, init=model.checkpoint
+            )
+        if spec.evaluation is not None:
+            plan.evaluate(f"{prefix}evaluate", spec, loop, (teacher, control, model), stores)
     return plan.stages
 
 
@@ -199,9 +250,41 @@ class _Planner:
         store = str(self.output / "stores" / f"{name}.zarr")
         values = label.options.model_dump(exclude_unset=True)
         values |= {"teacher_checkpoint": teacher, "source": source.model_dump(), "store": store}
+        if label.audit:
+            values["audit"] = [audit.model_dump() for audit in label.audit]
         config = _validated(LabelJobConfig, f"{spec_field}", values)
         self._add(name, "label", spec_field, "label", config, {"store": store})
         return store
+
+    def evaluate(
+        self,
+        name: str,
+        spec: RunSpec,
+        loop: int,
+        models: tuple[ModelRef, ModelRef | None, ModelRef],
+        stores: list[str],
+    ) -> None:
+        """Plan a loop's evaluation stage: its teacher, the control and its student scored on
+        the test sets, gated when the spec has a gate."""
+        assert spec.evaluation is not None
+        teacher, control, student = models
+        student_train = spec.student.train
+        values = spec.evaluation.model_dump(exclude_unset=True)
+        values |= {
+            "loop": loop,
+            "teacher": teacher.model_dump(),
+            "control": None if control is None else control.model_dump(),
+            "student": student.model_dump(),
+            "gate": None if spec.gate is None else spec.gate.model_dump(),
+            "model_name": spec.model_name() if spec.gate is not None else None,
+            "stores": list(stores),
+            "labeled": None if student_train is None else student_train.labeled.model_dump(),
+            "pool": [source.model_dump() for source in spec.label.sources],
+            "report": str(self.output / EVALUATIONS_DIR / f"{name}.json"),
+            "run_folder": str(self.output),
+        }
+        config = _validated(EvaluateJobConfig, "evaluation", values)
+        self._add(name, "evaluate", "evaluation", "evaluate", config, {"report": values["report"]})
 
     def train(
         self,
@@ -210,11 +293,11 @@ class _Planner:
         stage: TrainStage,
         pseudo: list[str] | None = None,
         init: str | None = None,
-    ) -> str:
-        """Plan a training stage (or take its given checkpoint); returns its checkpoint."""
+    ) -> ModelRef:
+        """Plan a training stage (or take its given checkpoint); returns its model."""
         if stage.checkpoint is not None:
             self.given(name, kind, kind, {"checkpoint": stage.checkpoint})
-            return stage.checkpoint
+            return ModelRef(stage=name, checkpoint=stage.checkpoint)
         assert stage.train is not None  # TrainStage holds exactly one of the two
         values = stage.train.model_dump(exclude_unset=True)
         values |= {"run_name": name, "storage_path": str(self.output)}
@@ -231,7 +314,7 @@ class _Planner:
         config = _validated(TrainJobConfig, f"{spec_field}.train", values)
         checkpoint = str(RunFiles(self.output / name).best)
         self._add(name, kind, spec_field, "train", config, {"checkpoint": checkpoint})
-        return checkpoint
+        return ModelRef(stage=name, checkpoint=checkpoint)
 
 
 def _validated(cls: type[BaseModel], spec_field: str, values: dict) -> dict:
@@ -243,12 +326,12 @@ def _validated(cls: type[BaseModel], spec_field: str, values: dict) -> dict:
         raise SpecError(problems) from exc
 
 
-def job_config(stage: PlannedStage) -> TrainJobConfig | LabelJobConfig:
+def job_config(stage: PlannedStage) -> TrainJobConfig | LabelJobConfig | EvaluateJobConfig:
     """The planned config of a job stage as the job's own config model."""
     if stage.config is None:
         raise ValueError(f"stage {stage.name} runs no job; its artifact is given")
-    cls = LabelJobConfig if stage.script == "label" else TrainJobConfig
-    return cls.model_validate(stage.config)
+    classes = {"label": LabelJobConfig, "evaluate": EvaluateJobConfig, "train": TrainJobConfig}
+    return classes[stage.script or "train"].model_validate(stage.config)
 
 
 def with_existing_inputs(stage: PlannedStage) -> PlannedStage:
@@ -261,6 +344,23 @@ def with_existing_inputs(stage: PlannedStage) -> PlannedStage:
             if found is not None:
                 config[key] = str(found)
     return replace(stage, config=config if stage.config is not None else None)
+
+
+def stage_loop(name: str) -> int:
+    """The loop a planned stage belongs to, from its name (``loop2-student`` -> 2, ``student``
+    -> 0)."""
+    match = re.match(r"^loop(\d+)-", name)
+    return int(match.group(1)) if match else 0
+
+
+def previous_loop_stage(name: str) -> str | None:
+    """The same stage one loop earlier (``loop2-label-0`` -> ``loop1-label-0``, ``loop1-label-0``
+    -> ``label-0``); None in the first loop."""
+    loop = stage_loop(name)
+    if loop == 0:
+        return None
+    base = name.removeprefix(f"loop{loop}-")
+    return base if loop == 1 else f"loop{loop - 1}-{base}"
 
 
 def join_field(*parts: object) -> str:

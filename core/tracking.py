@@ -151,6 +151,8 @@ def stage_identity(config: TrainJobConfig | LabelJobConfig) -> tuple[str, str]:
     absolute path) and the run's name."""
     if isinstance(config, TrainJobConfig):
         return str(RunFiles.of(config.storage_path, config.run_name).directory), config.run_name
+    if not isinstance(config, LabelJobConfig):  # an evaluation stage (core.evaluation_run)
+        return config.tracking_key()
     store = Path(config.store).expanduser().resolve()
     return str(store), store.stem
 

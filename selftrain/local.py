@@ -19,8 +19,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from core.configs import DataSource, TrackingSettings, TrainJobConfig, load_config
-from core.errors import ConfigError
+from core.errors import ConfigError, DataError
 from core.evaluate import evaluate_checkpoint
+from core.evaluation_run import EvaluateJobConfig, EvaluationReport, read_report
+from core.gate import GateSpec, describe, stops_run
 from core.plan import PlannedStage, RunSpec, job_config, plan_stages, with_existing_inputs
 from core.runfiles import RunFiles, resolve_checkpoint
 from core.tracking import end_parent, local_tracking, start_parent
@@ -41,15 +43,57 @@ def run_stage(
 ) -> None:
     """Run one planned job stage in this process, as the control plane's job would on Ray; with
     ``tracking``, the stage logs its MLflow run there (core.tracking)."""
-    from jobs import label, train  # Ray Train and Ray Data are heavy imports
+    from jobs import evaluate, label, train  # Ray Train and Ray Data are heavy imports
 
     config = job_config(with_existing_inputs(stage)).model_copy(update={"tracking": tracking})
     if isinstance(config, TrainJobConfig):
         files = RunFiles.of(config.storage_path, config.run_name)
         with EpochProgress(files.metrics, config.epochs, stage.name, enabled=progress):
             train.run_training(config)
+    elif isinstance(config, EvaluateJobConfig):
+        evaluate.run(config)
     else:
         label.run(config, progress_bar=progress)
+
+
+def evaluation_reports(stages: Sequence[PlannedStage]) -> list[EvaluationReport]:
+    """The reports of the evaluation stages that have run, in loop order.
+
+    Raises:
+        DataError: A report that exists cannot be read.
+    """
+    reports = []
+    for stage in stages:
+        if stage.kind == "evaluate" and Path(stage.outputs["report"]).exists():
+            reports.append(read_report(stage.outputs["report"]))
+    return reports
+
+
+def gate_results(stages: Sequence[PlannedStage]) -> dict:
+    """What the run's evaluation stages found, JSON-able (for ``selftrain run``'s and the demo's
+    results): ``evaluations`` and ``verdicts`` per loop, the run's ``verdict`` (the last loop's,
+    None without a gate) and ``promoted`` (the last registration, None if nothing was)."""
+    reports = evaluation_reports(stages)
+    verdicts = [r.verdict for r in reports if r.verdict is not None]
+    registrations = [r.registration for r in reports if r.registration is not None]
+    return {
+        "evaluations": [r.evaluation.model_dump(mode="json") for r in reports],
+        "verdicts": [v.model_dump(mode="json") for v in verdicts],
+        "verdict": verdicts[-1].model_dump(mode="json") if verdicts else None,
+        "promoted": registrations[-1].model_dump(mode="json") if registrations else None,
+    }
+
+
+def gate_stop(stage: PlannedStage, gate: GateSpec | None) -> str | None:
+    """Why the run stops after ``stage`` (an evaluation whose student failed a gate with
+    ``stop_on_fail``), or None."""
+    if stage.kind != "evaluate" or gate is None:
+        return None
+    try:
+        report = read_report(stage.outputs["report"])
+    except DataError:
+        return None
+    return stops_run(gate, report.verdict)
 
 
 @contextlib.contextmanager
@@ -107,20 +151,13 @@ def run_local(
     """Plan and run ``spec`` here, then score every trained model on ``tests``.
 
     Returns:
-        ``stages`` (name, kind, outputs, seconds), ``checkpoints`` and ``scores``
-        (``{model: {test: mIoU}}``); also written to ``<output>/results.json``.
+        ``stages`` (name, kind, outputs, seconds), ``checkpoints``, ``scores``
+        (``{model: {test: mIoU}}``) and `gate_results` (the evaluation stages' scores, the
+        gate's verdicts, the promoted model); also written to ``<output>/results.json``.
     """
     planned = plan_local_run(spec, output, roots)
     start_ray()
-    seconds = {}
-    with tracked_run(output, spec.name) as tracking:
-        for stage in planned:
-            if stage.given:
-                continue
-            echo(f"[{stage.index + 1}/{len(planned)}] {stage.name} ({stage.kind})")
-            started = time.perf_counter()
-            run_stage(stage, progress, tracking)
-            seconds[stage.name] = round(time.perf_counter() - started, 1)
+    seconds = _run_stages(planned, spec, output, progress, echo)
     checkpoints = trained_checkpoints(planned)
     results = score(checkpoints, tests)
     summary = {
@@ -130,13 +167,43 @@ def run_local(
         ],
         "checkpoints": checkpoints,
         "scores": {m: {t: r["miou"] for t, r in by_test.items()} for m, by_test in results.items()},
+        **gate_results(planned),
     }
     output.mkdir(parents=True, exist_ok=True)
     (output / "results.json").write_text(json.dumps(summary, indent=2))
     for model, by_test in summary["scores"].items():
         shown = ", ".join(f"{t} {100 * v:.1f}" for t, v in by_test.items())
         echo(f"{model:20s} mIoU {shown}" if shown else model)
+    for report in evaluation_reports(planned):
+        if report.verdict is not None:
+            for line in describe(report.verdict):
+                echo(line)
     return summary
+
+
+def _run_stages(
+    planned: list[PlannedStage],
+    spec: RunSpec,
+    output: Path,
+    progress: bool,
+    echo: Callable[[str], None],
+) -> dict[str, float]:
+    """Run the job stages in order (until a gate with ``stop_on_fail`` stops the run); returns
+    each stage's seconds."""
+    seconds = {}
+    with tracked_run(output, spec.name) as tracking:
+        for stage in planned:
+            if stage.given:
+                continue
+            echo(f"[{stage.index + 1}/{len(planned)}] {stage.name} ({stage.kind})")
+            started = time.perf_counter()
+            run_stage(stage, progress, tracking)
+            seconds[stage.name] = round(time.perf_counter() - started, 1)
+            stop = gate_stop(stage, spec.gate)
+            if stop is not None:
+                echo(stop)
+                break
+    return seconds
 
 
 def parse_test(text: str) -> tuple[str, DataSource]:

@@ -20,6 +20,7 @@ from services.deps import Service, ServiceDep, require_token
 from services.orchestrator import Orchestrator
 from services.ray_jobs import JobBackend, RayJobBackend
 from services.routes_predict import router as predict_router
+from services.routes_results import router as results_router
 from services.routes_runs import router as runs_router
 from services.schemas import Health
 from services.settings import Settings, get_settings
@@ -82,6 +83,7 @@ def create_app(
     )
     protected.include_router(runs_router)
     protected.include_router(predict_router)
+    protected.include_router(results_router)
     api.include_router(protected)
     app.include_router(api)
 

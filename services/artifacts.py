@@ -47,6 +47,17 @@ def store_summary(store: str) -> dict | None:
     return summary
 
 
+def evaluation_summary(report: str) -> dict | None:
+    """An evaluation stage's report (core.evaluation_run) as its stage's summary; None while the
+    report does not exist or cannot be read."""
+    from core.evaluation_run import read_report
+
+    try:
+        return read_report(report).model_dump(mode="json")
+    except SelfTrainError:
+        return None
+
+
 def store_progress(store: str) -> dict | None:
     """Progress of a label job from the record its driver keeps in the store (cheap to read):
     images labeled or failed out of all; None before the job published any."""

@@ -21,9 +21,15 @@ from pathlib import Path
 from sqlalchemy import select
 
 from core.configs import save_config
+from core.gate import GateSpec, Verdict, stops_run
 from core.plan import PlannedStage, RunSpec, job_config, plan_stages, with_existing_inputs
 from core.runfiles import RunFiles, resolve_checkpoint
-from services.artifacts import store_progress, store_summary, train_progress
+from services.artifacts import (
+    evaluation_summary,
+    store_progress,
+    store_summary,
+    train_progress,
+)
 from services.db import (
     FAILED,
     IN_FLIGHT,
@@ -226,6 +232,10 @@ class Orchestrator:
                 if stage.status == SUCCEEDED:
                     continue
                 self._advance_stage(run, stage)
+                stop = _stopped_by_gate(run, stage)
+                if stop is not None:
+                    _skip_rest(run, stage, stop)
+                    break
                 if stage.status in (FAILED, STOPPED):
                     run.status = FAILED if stage.status == FAILED else STOPPED
                     run.error = (
@@ -308,6 +318,10 @@ class Orchestrator:
             stage.logs = f"(logs unavailable: {exc})"
 
     def _record_progress(self, stage: Stage, final: bool) -> None:
+        if stage.script == "evaluate":
+            if final:
+                stage.summary = evaluation_summary(stage.outputs["report"])
+            return
         if stage.script == "label":
             store = stage.outputs["store"]
             progress = store_progress(store)
@@ -335,8 +349,9 @@ class Orchestrator:
                 return
             stage.outputs = {**stage.outputs, "checkpoint": str(found)}
         elif stage.summary is None:
+            what = "store" if "store" in stage.outputs else "report"
             stage.status = FAILED
-            stage.error = f"the job succeeded but left no readable store {stage.outputs['store']}"
+            stage.error = f"the job succeeded but left no readable {what} {stage.outputs[what]}"
             return
         stage.status = SUCCEEDED
 
@@ -352,6 +367,26 @@ def planned_stage(stage: Stage) -> PlannedStage:
         stage.config,
         dict(stage.outputs),
     )
+
+
+def _stopped_by_gate(run: Run, stage: Stage) -> str | None:
+    """Why the run stops after this evaluation stage (its student failed a gate that stops the
+    run; core.gate.stops_run), or None."""
+    if stage.kind != "evaluate" or stage.status != SUCCEEDED:
+        return None
+    gate, verdict = (run.spec or {}).get("gate"), (stage.summary or {}).get("verdict")
+    if gate is None or verdict is None:
+        return None
+    return stops_run(GateSpec.model_validate(gate, strict=False), Verdict.model_validate(verdict))
+
+
+def _skip_rest(run: Run, stage: Stage, why: str) -> None:
+    """End the run SUCCEEDED after ``stage``: the stages after it are STOPPED with ``why``."""
+    now = time.time()
+    for later in run.stages:
+        if later.index > stage.index and later.status != SUCCEEDED:
+            later.status, later.message, later.ended_at = STOPPED, why, now
+    run.status, run.ended_at = SUCCEEDED, now
 
 
 def _set(stage: Stage, **values) -> None:

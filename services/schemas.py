@@ -7,7 +7,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from core.audit import Audit
+from core.drift import Drift
+from core.evaluation import Evaluation
+from core.gate import GateSpec, Verdict, VerdictStatus
 from core.plan import StageKind, job_config
+from core.registry import Registration
 from core.runfiles import MetricsRow
 from services.db import Run, Stage
 from services.orchestrator import planned_stage
@@ -73,6 +78,9 @@ class RunSummary(BaseModel):
     stages_done: int
     stages_total: int
     version: int
+    verdict: VerdictStatus | None = Field(
+        default=None, description="The promotion gate's verdict on the run's last gated student"
+    )
 
 
 class RunOut(RunSummary):
@@ -81,6 +89,47 @@ class RunOut(RunSummary):
     output: str
     spec: dict[str, Any]
     stages: list[StageOut]
+
+
+class LabelAudit(BaseModel):
+    """A label stage's audit (its store's), the classes it teaches away, and its drift from the
+    same source's label stage one loop earlier."""
+
+    stage: str
+    loop: int
+    status: Status
+    audit: Audit | None = Field(description="None: the stage has no audit sources, or no audit yet")
+    taught_away: list[str] = Field(
+        description="Classes whose pool pseudo share is below taught_away_below x labeled share"
+    )
+    drift: Drift | None = Field(description="None in the first loop")
+
+
+class LoopResult(BaseModel):
+    """One loop's evaluation stage: scores, verdict, registration."""
+
+    loop: int
+    stage: str
+    status: Status
+    evaluation: Evaluation | None = Field(description="None until the stage has finished")
+    verdict: Verdict | None = Field(description="None without a gate, or until finished")
+    registration: Registration | None = Field(description="Set when the student was promoted")
+
+
+class RunResults(BaseModel):
+    """What a run found out: its models on the test sets, the gate's verdicts, the audits of its
+    pseudo labels and their drift between loops (``GET /api/runs/{id}/results``)."""
+
+    run_id: str
+    tests: list[str] = Field(description="The evaluation's test sets, in the spec's order")
+    gate: GateSpec | None
+    loops: list[LoopResult] = Field(description="One per evaluation stage, in loop order")
+    verdict: Verdict | None = Field(description="The last gated loop's verdict")
+    promoted: Registration | None = Field(description="The run's last promoted student")
+    stopped_early: str | None = Field(
+        description="Why later loops did not run (gate.stop_on_fail), if they did not"
+    )
+    audits: list[LabelAudit]
 
 
 class RunCreated(BaseModel):
@@ -190,4 +239,15 @@ def _summary_fields(run: Run) -> dict[str, Any]:
         "stages_done": sum(s.status == "SUCCEEDED" for s in run.stages),
         "stages_total": len(run.stages),
         "version": run.version,
+        "verdict": run_verdict(run),
     }
+
+
+def run_verdict(run: Run) -> VerdictStatus | None:
+    """The verdict of the run's last evaluation stage that has one (its report is the stage's
+    summary)."""
+    for stage in reversed(run.stages):
+        found = ((stage.summary or {}).get("verdict") or {}) if stage.kind == "evaluate" else {}
+        if found.get("status") in ("promoted", "not promoted"):
+            return found["status"]
+    return None

@@ -83,6 +83,10 @@ def resolve_spec_paths(spec: RunSpec, roots: Sequence[Path]) -> RunSpec:
         _fix_source(fix, source, f"label.sources.{i}")
     for i in range(len(label.get("stores", []))):
         fix(label["stores"], i, f"label.stores.{i}")
+    for i, source in enumerate(label.get("audit", [])):
+        _fix_source(fix, source, f"label.audit.{i}")
+    for name, source in ((data.get("evaluation") or {}).get("tests") or {}).items():
+        _fix_source(fix, source, f"evaluation.tests.{name}")
     if problems:
         raise SpecError(problems)
     return RunSpec.model_validate(data)
@@ -119,8 +123,28 @@ def check_spec_data(spec: RunSpec) -> None:
         problems += _check_source(source, f"label.sources.{i}")[1]
     for i, store in enumerate(spec.label.stores):
         problems += _check_store(store, f"label.stores.{i}")
+    labeled = [(f"label.audit.{i}", s) for i, s in enumerate(spec.label.audit)]
+    if spec.evaluation is not None:
+        labeled += [(f"evaluation.tests.{n}", s) for n, s in spec.evaluation.tests.items()]
+    for field, source in labeled:
+        problems += _check_labeled(source, field)
     if problems:
         raise SpecError(problems)
+
+
+def _check_labeled(source: DataSource, field: str) -> list[tuple[str, str]]:
+    """A source that is read for its labels (an audit or test set) has images, all labeled."""
+    from core.datasets import open_source
+
+    _, problems = _check_source(source, field)
+    if problems:
+        return problems
+    try:
+        if not open_source(source).is_labeled():
+            return [(field, f"format {source.format!r} at {source.root} has no labels")]
+    except SelfTrainError as exc:
+        return [(field, str(exc))]
+    return []
 
 
 def _check_checkpoint(path: str, field: str) -> list[tuple[str, str]]:
@@ -261,6 +285,9 @@ def run_folder(spec: RunSpec, run_id: str, workdir: Path, other_runs: Sequence[P
 def _dataset_roots(spec: RunSpec) -> list[tuple[str, str]]:
     """``(field, root)`` of every dataset the spec reads."""
     roots = [(f"label.sources[{i}].root", s.root) for i, s in enumerate(spec.label.sources)]
+    roots += [(f"label.audit[{i}].root", s.root) for i, s in enumerate(spec.label.audit)]
+    if spec.evaluation is not None:
+        roots += [(f"evaluation.tests.{n}.root", s.root) for n, s in spec.evaluation.tests.items()]
     for name in ("teacher", "student", "finetune"):
         stage = getattr(spec, name)
         train = None if stage is None else stage.train

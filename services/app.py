@@ -15,10 +15,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from core.plan import SpecError, join_field
-from services.db import Database
+from services.db import DatabaseUnavailableError
 from services.deps import Service, ServiceDep, require_token
 from services.orchestrator import Orchestrator
 from services.ray_jobs import JobBackend, RayJobBackend
+from services.records import open_database
 from services.routes_predict import router as predict_router
 from services.routes_results import router as results_router
 from services.routes_runs import router as runs_router
@@ -45,7 +46,7 @@ def create_app(
     """
     settings = settings or get_settings()
     settings.workdir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.database_url or "")
+    db = open_database(settings.database_url or "", settings.workdir)
     backend = backend or RayJobBackend(settings.ray_address, settings.repo_dir)
     tracking = ServiceTracking.configured(
         settings.tracking_uri, settings.tracking_ui, settings.workdir
@@ -74,6 +75,7 @@ def create_app(
     app.add_middleware(SecurityHeaders)
     app.add_exception_handler(SpecError, _spec_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(DatabaseUnavailableError, _database_unavailable)
 
     api = APIRouter(prefix="/api")
     api.add_api_route("/health", _health, methods=["GET"], tags=["health"])
@@ -93,20 +95,20 @@ def create_app(
 
 
 def _health(service: ServiceDep) -> Health:
-    """Liveness (no token needed): the service answers and its database can be read; and whether
-    the cluster its runs need answers (``degraded`` with the reason when it does not: runs wait
-    for it, then fail after ``cluster_lost_after_s``)."""
-    from sqlalchemy import text
-
+    """Liveness (no token needed): whether the database can be read and written and whether the
+    cluster its runs need answers (``degraded`` with the reason when one does not: runs wait for
+    the cluster, then fail after ``cluster_lost_after_s``; writes get 503 while the database
+    fails)."""
     from services.ray_jobs import ClusterUnavailableError
 
-    with service.db.session() as session:
-        session.execute(text("SELECT 1"))
+    database = service.db.health()
     try:
         service.backend.check()
+        cluster = "ok"
     except ClusterUnavailableError as exc:
-        return Health(status="degraded", database="ok", cluster=str(exc))
-    return Health(status="ok", database="ok", cluster="ok")
+        cluster = str(exc)
+    ok = database == "ok" and cluster == "ok"
+    return Health(status="ok" if ok else "degraded", database=database, cluster=cluster)
 
 
 def _dashboard() -> FileResponse:
@@ -120,6 +122,11 @@ async def _spec_error(request: Request, exc: Exception) -> JSONResponse:
         for name, message in exc.problems
     ]
     return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # One line, no traceback: the database's state change was logged once already.
+    return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -39,6 +39,7 @@ from services.db import (
     SUCCEEDED,
     TERMINAL,
     Database,
+    DatabaseUnavailableError,
     Run,
     Stage,
 )
@@ -160,6 +161,8 @@ class Orchestrator:
         while True:
             try:
                 await asyncio.to_thread(self.step)
+            except DatabaseUnavailableError:
+                pass  # logged once by the database when it began to fail; health says why
             except Exception:  # keep polling: one bad run or a DB hiccup must not stop all runs
                 log.exception("orchestrator step failed")
             await asyncio.sleep(self.settings.poll_interval_s)
@@ -178,6 +181,8 @@ class Orchestrator:
                 if run_id not in self._unreachable_since:  # once per outage, not every poll
                     log.warning("run %s waits for the cluster: %s", run_id, exc)
                 self._wait_for_cluster(run_id, str(exc))
+            except DatabaseUnavailableError:
+                raise  # no run can move on: not this run's fault
             except Exception as exc:  # one broken run ends alone; the others go on
                 log.exception("run %s: orchestration failed", run_id)
                 self.fail_run(run_id, f"orchestration error: {type(exc).__name__}: {exc}")

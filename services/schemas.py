@@ -140,9 +140,9 @@ class RunCreated(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok", "degraded"] = Field(
-        description="ok: database and cluster answer; degraded: the cluster does not"
+        description="ok: database and cluster answer; degraded: one of them does not"
     )
-    database: Literal["ok"]
+    database: str = Field(description="ok, or why the database cannot be read or written")
     cluster: str = Field(description="ok, or why the cluster cannot be reached")
 
 

@@ -15,6 +15,7 @@ import signal
 import sys
 from types import FrameType
 
+from services.db import DatabaseStartError
 from services.localray import LocalRayError, LocalRayHead
 from services.settings import Settings
 
@@ -28,7 +29,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
 
     Raises:
         SystemExit: The settings in the environment are invalid, the local Ray head did not
-            start, or the process got SIGTERM (after the head was stopped).
+            start, the database must not be served (it says how to recover), or the process got
+            SIGTERM (after the head was stopped).
     """
     import uvicorn
 
@@ -50,8 +52,12 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
             head = LocalRayHead(settings.local_ray_cpus, settings.workdir / "ray-head.log")
             settings = _use_local_head(head, settings)
         _announce(host, port, generated_token)
+        try:
+            app = create_app(settings)
+        except DatabaseStartError as exc:
+            raise SystemExit(f"selftrain serve: {exc}") from exc
         # One process: the orchestrator's lock and the model cache live in it.
-        uvicorn.run(create_app(settings), host=host, port=port, workers=1)
+        uvicorn.run(app, host=host, port=port, workers=1)
     except KeyboardInterrupt:
         pass  # Ctrl-C: a normal way to stop the service
     finally:

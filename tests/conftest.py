@@ -7,7 +7,11 @@ tests/service_support.py.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from service_support import (
@@ -15,8 +19,12 @@ from service_support import (
     STAGE_TIMEOUT_S,
     TOKEN,
     ServiceProcess,
+    fresh_postgres_database,
     live_run_spec,
+    postgres_installed,
     service_env,
+    start_postgres,
+    stop_postgres,
     succeeded,
     write_live_data,
 )
@@ -99,3 +107,38 @@ def finished_run(live_service: ServiceProcess) -> dict:
     spec = live_run_spec(live_service.root / "data", "synthetic-demo")
     created = live_service.json("POST", "/api/runs", spec)
     return live_service.wait_until(created["id"], succeeded, 3 * STAGE_TIMEOUT_S)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A real PostgreSQL server's URL: the one ``.ci/run`` started (its URL in
+    ``SELFTRAIN_TEST_POSTGRES_URL``), else one started here with Debian's package (.ci/postgres);
+    skipped where neither is there."""
+    given = os.environ.get("SELFTRAIN_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    if not postgres_installed():
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    # Not under pytest's tmp_path: the server runs as the `postgres` user when we are root, and
+    # pytest's folders are private to us.
+    folder = Path(tempfile.mkdtemp(prefix="selftrain-pg-"))
+    try:
+        yield start_postgres(folder)
+    finally:
+        stop_postgres(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> Iterator[str]:
+    """An empty database for one test: a SQLite file in ``tmp_path``, or a new database on the
+    PostgreSQL server (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/service.db"
+        return
+    url, drop = fresh_postgres_database(request.getfixturevalue("postgres_server"))
+    try:
+        yield url
+    finally:
+        drop()

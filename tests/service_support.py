@@ -429,3 +429,58 @@ class ServiceProcess:
 
 def succeeded(run: dict) -> bool:
     return run["status"] == "SUCCEEDED"
+
+
+# ---- a real PostgreSQL server for the database tests --------------------------------------------
+
+POSTGRES_SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "postgres"
+
+
+def start_postgres(folder: Path) -> str:
+    """Start a throwaway PostgreSQL server in ``folder`` (.ci/postgres, Debian's package);
+    returns its SQLAlchemy URL (a superuser on the ``postgres`` database).
+
+    Raises:
+        RuntimeError: It did not start (the script's error).
+    """
+    done = subprocess.run(
+        ["bash", str(POSTGRES_SCRIPT), "start", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{POSTGRES_SCRIPT} start: {done.stderr.strip() or done.stdout}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def stop_postgres(folder: Path) -> None:
+    subprocess.run(["bash", str(POSTGRES_SCRIPT), "stop", str(folder)], timeout=60, check=False)
+
+
+def postgres_installed() -> bool:
+    import glob
+    import shutil
+
+    return bool(shutil.which("pg_ctl") or glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+
+
+def fresh_postgres_database(server_url: str) -> tuple[str, Callable[[], None]]:
+    """A new, empty database on the server; returns its URL and a function that drops it."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"selftrain_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    return url, drop

@@ -50,10 +50,11 @@ def _spec(root: Path, **extra) -> dict:
 
 
 @pytest.fixture
-def setup(data_root, tmp_path):
-    # Each test gets its own database and workdir, sharing the (read-only) scenes.
+def setup(data_root, tmp_path, database_url):
+    # Each test gets its own database (SQLite and PostgreSQL) and workdir, sharing the
+    # (read-only) scenes.
     backend = FakeBackend()
-    work = {"workdir": tmp_path / "work", "database_url": f"sqlite:///{tmp_path}/db.sqlite"}
+    work = {"workdir": tmp_path / "work", "database_url": database_url}
     with _client(data_root, backend, **work) as client:
         yield client, backend, client.app.state.service
 

@@ -234,6 +234,24 @@ class LabelJobConfig(LabelSettings):
     audit: list[DataSource] = Field(default_factory=list, max_length=16)
     ray_address: str | None = None
     tracking: TrackingSettings | None = None
+    allowed_roots: list[str] | None = Field(default=None, max_length=64)
+
+    def paths(self) -> list[tuple[str, str]]:
+        """``(field, path)`` of every file or folder the job reads or writes."""
+        return [
+            ("teacher_checkpoint", self.teacher_checkpoint),
+            *_source_paths("source", self.source),
+            ("store", self.store),
+        ]
+
+
+def _source_paths(field: str, source: DataSource | None) -> list[tuple[str, str]]:
+    if source is None:
+        return []
+    paths = [(f"{field}.root", source.root)]
+    if source.subset_list is not None:
+        paths.append((f"{field}.subset_list", source.subset_list))
+    return paths
 
 
 class ScheduleConfig(StrictModel):
@@ -396,6 +414,8 @@ class TrainJobConfig(TrainSettings):
         pseudo: Label stores (core.store) whose pseudo labels the student trains on.
         init_checkpoint: Start from these weights (a finetune, or a student from its teacher).
         ray_address: The cluster; default: RAY_ADDRESS, else Ray in-process.
+        allowed_roots: The folders every path of the job must lie in, checked again when the
+            job starts (core.confine); the service fills them in; None: not confined.
     """
 
     role: Role = "student"
@@ -405,6 +425,7 @@ class TrainJobConfig(TrainSettings):
     init_checkpoint: str | None = None
     ray_address: str | None = None
     tracking: TrackingSettings | None = None
+    allowed_roots: list[str] | None = Field(default=None, max_length=64)
 
     @model_validator(mode="after")
     def _check(self) -> TrainJobConfig:
@@ -415,6 +436,19 @@ class TrainJobConfig(TrainSettings):
         if self.mode == "pretrain_finetune" and not self.pseudo:
             raise ValueError("pseudo: mode 'pretrain_finetune' needs at least one label store")
         return self
+
+    def paths(self) -> list[tuple[str, str]]:
+        """``(field, path)`` of every file or folder the job reads or writes."""
+        from core.weights import weights_files
+
+        return [
+            ("storage_path", str(Path(self.storage_path) / self.run_name)),
+            *_source_paths("labeled", self.labeled),
+            *_source_paths("val", self.val),
+            *[(f"pseudo.{i}", store) for i, store in enumerate(self.pseudo)],
+            *([("init_checkpoint", self.init_checkpoint)] if self.init_checkpoint else []),
+            *[(f"model_options.{k}", v) for k, v in weights_files(self.model_options)],
+        ]
 
     def with_absolute_paths(self) -> TrainJobConfig:
         """This config with its relative paths (storage, data, label stores, initial checkpoint)

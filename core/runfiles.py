@@ -14,6 +14,7 @@ all of them through this module, so the names and the row's fields live in one p
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
 METRICS_FILE = "metrics.jsonl"
+
+log = logging.getLogger(__name__)
 
 
 class MetricsRow(BaseModel):
@@ -60,25 +63,75 @@ class MetricsRow(BaseModel):
     val_miou: float | None = None
 
 
-def read_metrics(path: str | Path) -> list[MetricsRow]:
-    """The rows of a ``metrics.jsonl`` file (empty while there is none).
+# A metrics file holds one row of about 300 bytes per epoch; MAX_EPOCHS (100,000) rows fit.
+MAX_METRICS_BYTES = 64 * 2**20
 
-    A line that is not a complete row (the job may be writing the file, or it was damaged) is
-    skipped, so a reader never fails on a run that is still going.
+
+@dataclass(frozen=True)
+class MetricsRead:
+    """What a ``metrics.jsonl`` file held.
+
+    Attributes:
+        path: The file.
+        rows: Its complete rows, in file order.
+        skipped: 1-based numbers of the lines that were not a row (not UTF-8, not JSON, not a
+            complete row), each skipped.
     """
+
+    path: str
+    rows: list[MetricsRow]
+    skipped: list[int]
+
+    def problem(self) -> str | None:
+        """One line naming the file and the lines it skipped; None when it skipped none."""
+        if not self.skipped:
+            return None
+        shown = ", ".join(str(n) for n in self.skipped[:10])
+        more = f" and {len(self.skipped) - 10} more" if len(self.skipped) > 10 else ""
+        return f"{self.path}: skipped line(s) {shown}{more}: not a metrics row"
+
+
+def read_metrics_file(path: str | Path) -> MetricsRead:
+    """The rows of a ``metrics.jsonl`` file, and the lines skipped (none while there is no file).
+
+    The file is opened without following a link and read only when it is a regular file of at
+    most ``MAX_METRICS_BYTES``. A line that is not a complete row (not UTF-8, garbage, a row the
+    job is still writing) is skipped and counted in ``skipped``, so a reader never fails on a
+    damaged line.
+
+    Raises:
+        UnsafeFileError: A link, a named pipe or a file over the cap where the file should be.
+        DataError: It cannot be read.
+    """
+    from core.confine import read_regular
+
     try:
-        text = Path(path).read_text()
-    except OSError:
-        return []
-    rows = []
-    for line in text.splitlines():
+        data = read_regular(path, MAX_METRICS_BYTES)
+    except FileNotFoundError:
+        return MetricsRead(str(path), [], [])
+    rows, skipped = [], []
+    for number, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(MetricsRow.model_validate_json(line))
-        except ValidationError:
-            continue
-    return rows
+            rows.append(MetricsRow.model_validate_json(line.decode("utf-8")))
+        except (UnicodeDecodeError, ValidationError):
+            skipped.append(number)
+    return MetricsRead(str(path), rows, skipped)
+
+
+def read_metrics(path: str | Path) -> list[MetricsRow]:
+    """The rows of a ``metrics.jsonl`` file (empty while there is none); damaged lines are
+    skipped with a warning that names the file and the lines (``read_metrics_file``).
+
+    Raises:
+        UnsafeFileError: A link, a named pipe or a file over the cap where the file should be.
+        DataError: It cannot be read.
+    """
+    read = read_metrics_file(path)
+    if read.skipped:
+        log.warning("%s", read.problem())
+    return read.rows
 
 
 @dataclass(frozen=True)

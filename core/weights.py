@@ -41,6 +41,21 @@ TORCHVISION_FILES = {
 }
 
 
+# Model options that name pretrained weights: a file (a path, confined like every other path of a
+# run) or a name (``torchvision:...``, ``timm:...``).
+WEIGHTS_OPTIONS = ("backbone_weights", "encoder_weights")
+
+
+def weights_files(model_options: dict) -> list[tuple[str, str]]:
+    """``(option, path)`` of each option in ``model_options`` that names a weights file (not a
+    weights name)."""
+    return [
+        (option, value)
+        for option in WEIGHTS_OPTIONS
+        if isinstance(value := model_options.get(option), str) and not is_weights_name(value)
+    ]
+
+
 def is_weights_name(value: str | Path) -> bool:
     """Whether ``value`` names weights (``torchvision:...``, ``timm:...``) rather than a file."""
     return str(value).startswith((PREFIX, TIMM_PREFIX))

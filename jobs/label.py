@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from core.configs import LabelJobConfig
+from core.confine import check_job_paths
 from core.errors import DataError, StoreError
 from core.label_shards import (
     DONE,
@@ -234,7 +235,12 @@ def run(config: LabelJobConfig, progress_bar: bool = True, step: ModelStep | Non
 
     Returns:
         The run's summary (core.labeling.LabelingRun.finish).
+
+    Raises:
+        PathNotAllowedError: A path of the config is outside its allowed roots or reached
+            through a link now (checked again here, before anything is opened).
     """
+    check_job_paths(config)
     labeling = LabelingRun.start(config)
     tracker = stage_tracker(config)
     if tracker is not None:

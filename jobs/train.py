@@ -27,6 +27,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from core.checkpoint import load_checkpoint
 from core.configs import Role, TrainJobConfig, load_config
+from core.confine import check_job_paths
 from core.errors import ConfigError
 from core.runfiles import RunFiles, RunSummary
 from core.sampling import Sample
@@ -64,8 +65,11 @@ def run_training(config: TrainJobConfig, epoch_hook: EpochHook | None = None) ->
 
     Raises:
         ConfigError, DataError, StoreError: The data cannot be used (checked before Ray starts).
+        PathNotAllowedError: A path of the config is outside its allowed roots or reached
+            through a link now (checked again here, and by every rank when it starts).
         ray.train.TrainingFailedError: Training failed more often than ``max_failures`` allows.
     """
+    check_job_paths(config)
     if "://" in config.storage_path:
         raise ConfigError(
             f"storage_path {config.storage_path!r}: use a local or shared (NFS) folder; the "
@@ -122,6 +126,7 @@ def _track_end(config: TrainJobConfig, files: RunFiles, status: str) -> None:
 def train_worker(loop_config: dict) -> None:
     """The per-rank training function that Ray Train runs."""
     config = TrainJobConfig.model_validate(loop_config["config"])
+    check_job_paths(config)  # a rank restarted after a failure checks again
     epoch_hook: EpochHook | None = loop_config.get("epoch_hook")
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
@@ -16,20 +19,28 @@ from fastapi.staticfiles import StaticFiles
 
 from core.plan import SpecError, join_field
 from services.db import DatabaseUnavailableError
+from services.deadline import ClusterProbe, DeadlineBackend
 from services.deps import Service, ServiceDep, require_token
+from services.docs import add_docs
 from services.orchestrator import Orchestrator
 from services.ray_jobs import JobBackend, RayJobBackend
 from services.records import open_database
 from services.routes_predict import router as predict_router
 from services.routes_results import router as results_router
 from services.routes_runs import router as runs_router
-from services.schemas import Health
+from services.schemas import Health, ReconcilerHealth
 from services.settings import Settings, get_settings
 from services.tracking import ServiceTracking
+
+log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 # Room for the multipart framing around an upload of max_upload_bytes.
 MULTIPART_OVERHEAD = 64 * 1024
+# How long a health check waits for the cluster's answer.
+HEALTH_CLUSTER_WAIT_S = 2.0
+# A reconciler whose last pass is older than this many poll intervals (and 30 s) is degraded.
+RECONCILER_LATE_POLLS = 10
 
 
 def create_app(
@@ -47,21 +58,24 @@ def create_app(
     settings = settings or get_settings()
     settings.workdir.mkdir(parents=True, exist_ok=True)
     db = open_database(settings.database_url or "", settings.workdir)
-    backend = backend or RayJobBackend(settings.ray_address, settings.repo_dir)
+    inner = backend or RayJobBackend(settings.ray_address, settings.repo_dir)
+    backend = DeadlineBackend(inner, settings.cluster_timeout_s)
     tracking = ServiceTracking.configured(
         settings.tracking_uri, settings.tracking_ui, settings.workdir
     )
     service = Service(settings, db, backend, Orchestrator(db, backend, settings, tracking))
+    service.cluster_probe = ClusterProbe(inner.check, HEALTH_CLUSTER_WAIT_S)
+    service.orchestrating = orchestrate
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Runs in flight when the last service stopped are picked up by the first step.
-        task = asyncio.create_task(service.orchestrator.run_forever()) if orchestrate else None
+        # Health says "starting" until the modules a run's checks need are loaded and the runs
+        # in flight when the last service stopped have had their first pass.
+        task = asyncio.create_task(_start(service))
         yield
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         db.dispose()
 
     app = FastAPI(
@@ -69,6 +83,8 @@ def create_app(
         summary="Self-training runs for semantic segmentation on a Ray cluster",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     app.add_middleware(BodyLimit, settings=settings)
@@ -78,7 +94,14 @@ def create_app(
     app.add_exception_handler(DatabaseUnavailableError, _database_unavailable)
 
     api = APIRouter(prefix="/api")
-    api.add_api_route("/health", _health, methods=["GET"], tags=["health"])
+    api.add_api_route(
+        "/health",
+        _health,
+        methods=["GET"],
+        tags=["health"],
+        response_model=Health,
+        responses={503: {"model": Health, "description": "starting"}},
+    )
     protected = APIRouter(
         dependencies=[Depends(require_token)],
         responses={401: {"description": "Missing or wrong bearer token"}},
@@ -89,26 +112,69 @@ def create_app(
     api.include_router(protected)
     app.include_router(api)
 
+    add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_api_route("/", _dashboard, methods=["GET"], include_in_schema=False)
     return app
 
 
-def _health(service: ServiceDep) -> Health:
-    """Liveness (no token needed): whether the database can be read and written and whether the
-    cluster its runs need answers (``degraded`` with the reason when one does not: runs wait for
-    the cluster, then fail after ``cluster_lost_after_s``; writes get 503 while the database
-    fails)."""
-    from services.ray_jobs import ClusterUnavailableError
+async def _start(service: Service) -> None:
+    """Warm up, say ready, then (when the service orchestrates) pass over the runs for good."""
+    await asyncio.to_thread(warm_up)
+    if service.orchestrating:
+        try:
+            await asyncio.to_thread(service.orchestrator.reconciler.step, False)
+        except Exception:  # the loop below tries again; health shows the reconciler's age
+            log.exception("the first pass over the runs failed")
+    service.ready.set()
+    if service.orchestrating:
+        await service.orchestrator.run_forever()
 
+
+def warm_up() -> None:
+    """Import what creating a run needs (torch, the models, datasets, stores, checkpoints: some
+    seconds on a small machine), so the first run is answered as fast as the next."""
+    import core.checkpoint  # noqa: F401
+    import core.datasets  # noqa: F401
+    import core.io  # noqa: F401
+    import core.store  # noqa: F401
+    from core.models import list_models
+
+    list_models()
+
+
+def _health(service: ServiceDep) -> JSONResponse:
+    """Liveness and readiness (no token needed): ``starting`` (503) until the service answers
+    runs; else whether the database can be read and written (writes get 503 while it fails)
+    and the cluster answers (``degraded`` with the reason when one does not: runs wait for the
+    cluster, then fail after ``cluster_lost_after_s``), and the
+    reconciler's last pass over the runs (``degraded`` when it is older than
+    ``RECONCILER_LATE_POLLS`` poll intervals and 30 s) with the runs whose pass stalled.
+
+    Every part answers within a few seconds, whatever a run or the cluster does."""
     database = service.db.health()
-    try:
-        service.backend.check()
-        cluster = "ok"
-    except ClusterUnavailableError as exc:
-        cluster = str(exc)
-    ok = database == "ok" and cluster == "ok"
-    return Health(status="ok" if ok else "degraded", database=database, cluster=cluster)
+    cluster = service.cluster_probe()
+    reconciler = _reconciler_health(service) if service.orchestrating else None
+    status_ = "ok" if database == "ok" and cluster == "ok" else "degraded"
+    late = max(30.0, RECONCILER_LATE_POLLS * service.settings.poll_interval_s)
+    if reconciler is not None and (reconciler.last_pass_age_s or 0.0) > late:
+        status_ = "degraded"
+    if not service.ready.is_set():
+        status_ = "starting"
+    health = Health(status=status_, database=database, cluster=cluster, reconciler=reconciler)
+    code = status.HTTP_503_SERVICE_UNAVAILABLE if status_ == "starting" else status.HTTP_200_OK
+    return JSONResponse(health.model_dump(mode="json"), status_code=code)
+
+
+def _reconciler_health(service: Service) -> ReconcilerHealth:
+    state = service.orchestrator.reconciler.health()
+    last = state.last_pass_at
+    return ReconcilerHealth(
+        last_pass_at=None if last is None else datetime.fromtimestamp(last, UTC),
+        last_pass_age_s=None if last is None else round(time.time() - last, 3),
+        runs_in_flight=state.runs_in_flight,
+        stalled=state.stalled,
+    )
 
 
 def _dashboard() -> FileResponse:

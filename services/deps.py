@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -29,6 +30,12 @@ class Service:
     # Bounds the predictions running at once (settings.predict_concurrency) and those waiting.
     predict_slots: threading.BoundedSemaphore = field(init=False)
     predict_waiting: threading.BoundedSemaphore = field(init=False)
+    # Set once the service answers runs (health says "starting" until then).
+    ready: threading.Event = field(default_factory=threading.Event)
+    # Whether the cluster answers, for the health check (set by create_app).
+    cluster_probe: Callable[[], str] = field(default=lambda: "ok")
+    # Whether this service runs the reconciler (tests that step it by hand do not).
+    orchestrating: bool = True
 
     def __post_init__(self) -> None:
         self.predict_slots = threading.BoundedSemaphore(self.settings.predict_concurrency)

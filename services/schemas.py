@@ -138,12 +138,28 @@ class RunCreated(BaseModel):
     stages: list[str]
 
 
+class ReconcilerHealth(BaseModel):
+    """The reconciler that moves runs on (None in ``Health`` when the service runs none)."""
+
+    last_pass_at: datetime | None = Field(
+        description="When it last listed the runs in flight and started a pass over each"
+    )
+    last_pass_age_s: float | None = Field(description="Seconds since then")
+    runs_in_flight: int
+    stalled: dict[str, str] = Field(
+        description="Runs whose pass overran its deadline, with what it was doing"
+    )
+
+
 class Health(BaseModel):
-    status: Literal["ok", "degraded"] = Field(
-        description="ok: database and cluster answer; degraded: one of them does not"
+    status: Literal["starting", "ok", "degraded"] = Field(
+        description="starting (503): not ready to answer runs yet; ok: database, cluster and "
+        "reconciler answer; degraded: the database or the cluster does not, or the reconciler "
+        "has not passed over the runs lately (the reason is in its field)"
     )
     database: str = Field(description="ok, or why the database cannot be read or written")
     cluster: str = Field(description="ok, or why the cluster cannot be reached")
+    reconciler: ReconcilerHealth | None = None
 
 
 class ClassShare(BaseModel):

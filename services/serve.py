@@ -21,6 +21,10 @@ from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Seconds that requests in progress get to finish after SIGTERM or Ctrl-C. Runs need none: they
+# are in the database and their jobs on the cluster, and the next service picks them up.
+SHUTDOWN_GRACE_S = 3
+
 
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the service (REST API, dashboard, orchestrator) until interrupted.
@@ -57,7 +61,10 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         except DatabaseStartError as exc:
             raise SystemExit(f"selftrain serve: {exc}") from exc
         # One process: the orchestrator's lock and the model cache live in it.
-        uvicorn.run(app, host=host, port=port, workers=1)
+        # Open event streams never end by themselves: give them SHUTDOWN_GRACE_S, then close.
+        uvicorn.run(
+            app, host=host, port=port, workers=1, timeout_graceful_shutdown=SHUTDOWN_GRACE_S
+        )
     except KeyboardInterrupt:
         pass  # Ctrl-C: a normal way to stop the service
     finally:

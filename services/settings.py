@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         poll_interval_s: How often the orchestrator polls Ray and the SSE streams poll the database.
         cluster_lost_after_s: A run whose cluster stays unreachable this long ends FAILED with
             the reason (until then its stage says it is waiting, and why).
+        cluster_timeout_s: A call to the cluster's job API that has not answered in this long
+            counts as the cluster being unreachable (Ray's client waits forever).
+        reconcile_deadline_s: A pass over one run (asking the cluster, reading its files) that
+            takes longer is marked stalled with what it was doing; other runs go on.
+        reconcile_parallel: Passes over runs running at once (stalled ones not counted).
         max_upload_bytes: Largest image accepted by ``/api/predict`` (larger: 413).
         max_image_pixels: Largest decoded image (height x width) to predict on (larger: 413).
         max_json_bytes: Largest JSON request body (a run spec).
@@ -62,6 +67,9 @@ class Settings(BaseSettings):
     job_python: str = "python"
     poll_interval_s: float = Field(default=1.0, gt=0)
     cluster_lost_after_s: float = Field(default=600.0, gt=0)
+    cluster_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    reconcile_deadline_s: float = Field(default=15.0, gt=0, le=3600)
+    reconcile_parallel: int = Field(default=8, gt=0, le=256)
     max_upload_bytes: int = Field(default=20 * 2**20, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     max_json_bytes: int = Field(default=2**20, gt=0)

@@ -12,36 +12,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from core.configs import DataSource, TrainSettings
+from core.confine import PathNotAllowedError, confine
 from core.errors import SelfTrainError
 from core.plan import RunSpec, SpecError, TrainStage
-from core.weights import is_weights_name
+from core.weights import weights_files
 
 
 def resolve_path(value: str, roots: Sequence[Path], field: str) -> str:
-    """The absolute, symlink-free form of ``value`` if it lies inside one of ``roots``.
-
-    Relative paths are taken relative to the first root. ``..`` is refused outright (even where it
-    would stay inside), and so is a symlink that leads out of the roots.
+    """The absolute, link-free form of ``value`` if it lies inside one of ``roots``
+    (core.confine.confine; relative to the first root, no ``..``, no link out of the roots).
 
     Raises:
-        SpecError: The path is outside the roots or uses ``..``.
+        SpecError: The path is outside the roots or uses ``..``, named by ``field``.
     """
-    if "\0" in value:
-        raise SpecError([(field, f"{value!r} must not contain a NUL character")])
-    path = Path(value).expanduser()
-    if ".." in path.parts:
-        raise SpecError([(field, f"{value!r} must not contain '..'")])
-    if not path.is_absolute():
-        path = roots[0] / path
     try:
-        real = path.resolve()
-        real.exists()  # raises for names the OS cannot hold (too long)
-    except OSError as exc:
-        raise SpecError([(field, f"{value!r} is not a usable path ({exc.strerror})")]) from exc
-    if not any(real == root or root in real.parents for root in roots):
-        shown = ", ".join(str(r) for r in roots)
-        raise SpecError([(field, f"{value!r} is outside the allowed folders ({shown})")])
-    return str(real)
+        return str(confine(value, roots))
+    except PathNotAllowedError as exc:
+        raise SpecError([(field, f"{value!r} {exc.problem}")]) from exc
 
 
 def resolve_spec_paths(spec: RunSpec, roots: Sequence[Path]) -> RunSpec:
@@ -75,9 +62,8 @@ def resolve_spec_paths(spec: RunSpec, roots: Sequence[Path]) -> RunSpec:
             if train.get(key):
                 _fix_source(fix, train[key], f"{name}.train.{key}")
         options = train.get("model_options") or {}
-        weights = options.get("backbone_weights")
-        if isinstance(weights, str) and not is_weights_name(weights):  # a file, not a name
-            fix(options, "backbone_weights", f"{name}.train.model_options.backbone_weights")
+        for option, _ in weights_files(options):  # files, not names such as torchvision:...
+            fix(options, option, f"{name}.train.model_options.{option}")
     label = data["label"]
     for i, source in enumerate(label.get("sources", [])):
         _fix_source(fix, source, f"label.sources.{i}")

@@ -18,6 +18,7 @@ from service_support import (
     make_settings,
     small_run_spec,
     write_checkpoint,
+    write_metrics,
     write_scenes,
 )
 
@@ -56,13 +57,14 @@ def setup(data_root, tmp_path, database_url):
     backend = FakeBackend()
     work = {"workdir": tmp_path / "work", "database_url": database_url}
     with _client(data_root, backend, **work) as client:
+        assert client.app.state.service.ready.wait(60)  # health says "starting" until then
         yield client, backend, client.app.state.service
 
 
 def test_health_is_open_and_everything_else_needs_the_token(setup):
     client, _, _ = setup
     health = client.get("/api/health").json()
-    assert health == {"status": "ok", "database": "ok", "cluster": "ok"}
+    assert health == {"status": "ok", "database": "ok", "cluster": "ok", "reconciler": None}
     assert client.get("/api/runs").status_code == 401
     wrong = client.get("/api/runs", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
@@ -263,25 +265,41 @@ def test_run_finishes_by_itself_and_the_event_stream_follows_it(data_root, tmp_p
         assert client.get("/api/runs/nope/events", headers=AUTH).status_code == 404
 
 
-def test_a_broken_run_ends_alone_with_its_reason_and_the_others_go_on(setup, data_root):
+def test_a_damaged_metrics_line_is_skipped_and_named_and_the_run_goes_on(setup, data_root):
+    client, backend, service = setup
+    run_id = client.post("/api/runs", json=_spec(data_root), headers=AUTH).json()["id"]
+    service.orchestrator.step()
+    backend.set(f"selftrain-{run_id}-0-teacher", "RUNNING")
+    config = client.get(f"/api/runs/{run_id}", headers=AUTH).json()["stages"][0]["config"]
+    path = write_metrics(RunFiles.of(config["storage_path"], config["run_name"]).directory, 2)
+    with path.open("ab") as f:
+        f.write(b'{"epoch": 2, "phase": "jo\xff\xfe"}\n')  # not UTF-8 (line 3)
+    service.orchestrator.step()
+    run = client.get(f"/api/runs/{run_id}", headers=AUTH).json()
+    teacher = run["stages"][0]
+    assert run["status"] == "RUNNING" and teacher["status"] == "RUNNING"
+    assert [row["epoch"] for row in teacher["metrics"]] == [0, 1]
+    assert teacher["progress"]["done"] == 2
+    assert teacher["progress"]["warning"] == f"{path}: skipped line(s) 3: not a metrics row"
+
+
+def test_a_broken_run_ends_alone_with_its_reason_and_the_others_go_on(setup, data_root, tmp_path):
     client, backend, service = setup
     first = client.post("/api/runs", json=_spec(data_root), headers=AUTH).json()["id"]
-    service.orchestrator.step()
-    teacher = f"selftrain-{first}-0-teacher"
-    backend.set(teacher, "RUNNING")
-    config = client.get(f"/api/runs/{first}", headers=AUTH).json()["stages"][0]["config"]
-    files = RunFiles.of(config["storage_path"], config["run_name"])
-    files.metrics.parent.mkdir(parents=True, exist_ok=True)
-    files.metrics.write_bytes(b"\xff\xfe damaged")  # not UTF-8: reading it raises
+    # The run's folder in the workdir swapped for a link after creation: its configs would be
+    # written elsewhere, so its first pass fails it.
+    folder = service.settings.workdir / first
+    folder.rename(tmp_path / "moved")
+    folder.symlink_to(tmp_path / "moved")
     second = client.post("/api/runs", json=_spec(data_root), headers=AUTH).json()["id"]
     service.orchestrator.step()
     broken = client.get(f"/api/runs/{first}", headers=AUTH).json()
     assert broken["status"] == "FAILED"
-    assert broken["error"].startswith("orchestration error: ")
-    assert "UnicodeDecodeError" in broken["error"]
-    assert broken["stages"][0]["status"] == "FAILED" and teacher in backend.stops
+    assert broken["error"].startswith("orchestration error: PathNotAllowedError: ")
+    assert f"{folder} is a link (to {tmp_path / 'moved'}); refused at use" in broken["error"]
+    assert not list((tmp_path / "moved").glob("configs/*"))  # nothing written there
     # The other run was not held up: its teacher went to the cluster in the same step.
-    assert f"selftrain-{second}-0-teacher" in backend.submits
+    assert backend.submits == [f"selftrain-{second}-0-teacher"]
     service.orchestrator.step()
     assert client.get(f"/api/runs/{first}", headers=AUTH).json()["status"] == "FAILED"
 

@@ -20,6 +20,7 @@ from services.app import create_app
 def test_no_server_errors_and_responses_match_the_schema(tmp_path):
     write_scenes(tmp_path / "data" / "labeled", n=2)
     app = create_app(make_settings(tmp_path), FakeBackend(), orchestrate=False)
+    app.state.service.ready.set()  # as after start-up (schemathesis runs no lifespan)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     operations = [op for op in operations if op.path != "/api/events"]

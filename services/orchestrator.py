@@ -57,7 +57,13 @@ from services.db import (
     Run,
     Stage,
 )
-from services.ray_jobs import ClusterUnavailableError, JobBackend, JobInfo
+from services.ray_jobs import (
+    ClusterUnavailableError,
+    JobBackend,
+    JobInfo,
+    failure_reason,
+    first_line,
+)
 from services.reconciler import Reconciler
 from services.settings import Settings
 from services.spec_inputs import check_spec_data, resolve_spec_paths, run_folder
@@ -67,8 +73,7 @@ log = logging.getLogger(__name__)
 
 # Logs kept in the database per stage (the tail; Ray keeps the whole file).
 LOG_TAIL_CHARS = 64 * 1024
-# A stage's error: the lines of the job's failure that say what went wrong, not its whole log
-# (the log keeps that).
+# Longest run error or stage message kept.
 ERROR_CHARS = 2000
 # How often a running label job's class distribution is recomputed (it reads every labeled
 # image's class counts; the progress counter is read on every poll).
@@ -421,7 +426,7 @@ class Orchestrator:
 
     def _follow(self, stage: Stage, info: JobInfo, note: Note) -> None:
         stage.started_at = info.start_time or stage.started_at
-        stage.message = _first_line(info.message)
+        stage.message = first_line(info.message)
         if stage.submitted_at is None:  # submitted by a service that died before it wrote this down
             stage.submitted_at = info.start_time or time.time()
         self._record_progress(stage, final=info.status in TERMINAL, note=note)
@@ -509,34 +514,6 @@ def _create_run_folder(output: Path, roots: list[Path]) -> None:
 def _current(run: Run) -> Stage | None:
     """The first stage that has not succeeded."""
     return next((s for s in run.stages if s.status != SUCCEEDED), None)
-
-
-def _first_line(message: str | None) -> str | None:
-    """The first line of Ray's message: its summary (a failed job's message goes on with the
-    log's tail, which the stage's logs and error keep)."""
-    if not message:
-        return message
-    return message.strip().splitlines()[0][:ERROR_CHARS] if message.strip() else message
-
-
-def failure_reason(message: str | None) -> str | None:
-    """What a failed job's message says went wrong, in at most ``ERROR_CHARS``: Ray's summary
-    line and the last lines of the log tail it quotes, from the last error line on (a job's
-    one-line error, or a traceback's last line); the whole tail stays in the stage's logs."""
-    if not message or not message.strip():
-        return message
-    lines = [line for line in message.strip().splitlines() if line.strip()]
-    summary, tail = lines[0], lines[1:]
-    errors = [i for i, line in enumerate(tail) if _is_error_line(line)]
-    if errors:
-        tail = tail[errors[-1] :]
-    text = summary if not tail else f"{summary}: " + " / ".join(line.strip() for line in tail[-3:])
-    return text[:ERROR_CHARS]
-
-
-def _is_error_line(line: str) -> bool:
-    head = line.strip().split(":", 1)[0]
-    return ": error:" in line or (head.endswith(("Error", "Exception")) and " " not in head)
 
 
 def planned_stage(stage: Stage) -> PlannedStage:

@@ -164,5 +164,38 @@ def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
 
+# A stage's error: the lines of the job's failure that say what went wrong, not its whole log
+# (the stage's logs keep that).
+ERROR_CHARS = 2000
+
+
+def first_line(message: str | None) -> str | None:
+    """The first line of Ray's message: its summary (a failed job's message goes on with the
+    log's tail, which the stage's logs and error keep)."""
+    if not message:
+        return message
+    return message.strip().splitlines()[0][:ERROR_CHARS] if message.strip() else message
+
+
+def failure_reason(message: str | None) -> str | None:
+    """What a failed job's message says went wrong, in at most ``ERROR_CHARS``: Ray's summary
+    line and the last lines of the log tail it quotes, from the last error line on (a job's
+    one-line error, or a traceback's last line); the whole tail stays in the stage's logs."""
+    if not message or not message.strip():
+        return message
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    summary, tail = lines[0], lines[1:]
+    errors = [i for i, line in enumerate(tail) if _is_error_line(line)]
+    if errors:
+        tail = tail[errors[-1] :]
+    text = summary if not tail else f"{summary}: " + " / ".join(line.strip() for line in tail[-3:])
+    return text[:ERROR_CHARS]
+
+
+def _is_error_line(line: str) -> bool:
+    head = line.strip().split(":", 1)[0]
+    return ": error:" in line or (head.endswith(("Error", "Exception")) and " " not in head)
+
+
 def _seconds(milliseconds: int | None) -> float | None:
     return None if milliseconds is None else milliseconds / 1000.0

@@ -4,6 +4,7 @@ stage order, no double submission, failure, cancel, logs, events, body limits.""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def setup(data_root, tmp_path, database_url):
     backend = FakeBackend()
     work = {"workdir": tmp_path / "work", "database_url": database_url}
     with _client(data_root, backend, **work) as client:
-        assert client.app.state.service.ready.wait(60)  # health says "starting" until then
+        # Health says "starting" until the service has imported torch and the models (a minute
+        # or more on a loaded 2-core machine, once per test process).
+        assert client.app.state.service.ready.wait(300)
         yield client, backend, client.app.state.service
 
 
@@ -410,7 +413,8 @@ def test_a_lost_cluster_shows_in_health_and_on_the_run_then_fails_it(setup, data
     service.orchestrator.step()
     run = client.get(f"/api/runs/{run_id}", headers=AUTH).json()
     assert run["status"] == "FAILED"
-    assert run["error"].startswith("cluster unreachable for 0 s: fake cluster is down")
+    # The seconds waited depend on how busy the machine is.
+    assert re.match(r"cluster unreachable for \d+ s: fake cluster is down", run["error"])
     assert run["stages"][0]["status"] == "FAILED"
 
 

@@ -100,5 +100,30 @@ def plan_image(
     return ImagePlan(height, width, input_height, input_width, cost)
 
 
+def activation_bytes_per_pixel(model, side: int = 64) -> float:
+    """An upper bound of the bytes a model's activations hold per input pixel: every layer's
+    output of a forward pass on a ``side`` x ``side`` probe, summed (a forward under inference
+    mode frees most of them as it goes, so the real peak is lower)."""
+    import torch
+
+    total = 0
+
+    def count(_module, _inputs, output) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, side, side, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total / (side * side)
+
+
 def _gb(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"

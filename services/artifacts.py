@@ -86,6 +86,7 @@ def overlay(
     image: np.ndarray, label: np.ndarray, colors: np.ndarray, alpha: float = 0.5
 ) -> np.ndarray:
     """``image`` with the classes of ``label`` painted over it; ignored pixels keep the image.
+    Computed in uint8 (3 bytes per pixel per buffer: core.image_cost counts them).
 
     Args:
         image: (H, W, 3) uint8 RGB.
@@ -93,10 +94,13 @@ def overlay(
         colors: (256, 3) uint8 palette (``LabelSpace.palette()``).
         alpha: Weight of the class color.
     """
-    painted = colors[label].astype(np.float32)
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * painted
-    known = (label != 255)[..., None]
-    return np.where(known, blended, image).round().astype(np.uint8)
+    import cv2
+
+    painted = colors[label]
+    blended = cv2.addWeighted(image, 1 - alpha, painted, alpha, 0.0)
+    ignored = label == 255
+    blended[ignored] = image[ignored]
+    return blended
 
 
 def heat_map(confidence: np.ndarray) -> np.ndarray:

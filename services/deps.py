@@ -13,7 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.db import Database
 from services.orchestrator import Orchestrator
-from services.predict import ModelCache
+from services.predict import MemoryBudget, ModelCache
 from services.ray_jobs import JobBackend
 from services.settings import Settings
 
@@ -30,6 +30,8 @@ class Service:
     # Bounds the predictions running at once (settings.predict_concurrency) and those waiting.
     predict_slots: threading.BoundedSemaphore = field(init=False)
     predict_waiting: threading.BoundedSemaphore = field(init=False)
+    # The memory the predictions running at once share (settings.predict_memory_bytes).
+    predict_budget: MemoryBudget = field(init=False)
     # Set once the service answers runs (health says "starting" until then).
     ready: threading.Event = field(default_factory=threading.Event)
     # Whether the cluster answers, for the health check (set by create_app).
@@ -40,6 +42,7 @@ class Service:
     def __post_init__(self) -> None:
         self.predict_slots = threading.BoundedSemaphore(self.settings.predict_concurrency)
         self.predict_waiting = threading.BoundedSemaphore(self.settings.predict_queue)
+        self.predict_budget = MemoryBudget(self.settings.predict_memory_bytes)
 
 
 def get_service(request: Request) -> Service:

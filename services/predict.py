@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +21,60 @@ from services.artifacts import encode_png, overlay
 CACHE_SIZE = 4
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A checkpoint's model in eval mode, its label space, and its activations' bytes per input
+    pixel (core.image_cost.activation_bytes_per_pixel)."""
+
+    model: Any
+    label_space: Any
+    activation_bytes_per_pixel: float
+
+
+class MemoryBudget:
+    """Bytes that the predictions running at once share: each reserves its estimate first.
+
+    Args:
+        total: The bytes to share.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self._room = threading.Condition()
+
+    def acquire(self, n: int, timeout: float) -> bool:
+        """Reserve ``n`` bytes, waiting up to ``timeout`` seconds for room; False if none came."""
+        with self._room:
+            if not self._room.wait_for(lambda: self.used + n <= self.total, timeout):
+                return False
+            self.used += n
+            return True
+
+    def release(self, n: int) -> None:
+        with self._room:
+            self.used -= n
+            self._room.notify_all()
+
+
 class ModelCache:
     """Loaded models keyed by (checkpoint path, modification time, device), least recently used
     dropped first."""
 
     def __init__(self, size: int = CACHE_SIZE) -> None:
         self.size = size
-        self._models: OrderedDict[tuple[str, int, str], tuple[Any, Any]] = OrderedDict()
+        self._models: OrderedDict[tuple[str, int, str], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0  # how many times a checkpoint was read (tests check the cache works)
 
-    def get(self, checkpoint: Path, device: str = "cpu") -> tuple[Any, Any]:
-        """``(model in eval mode, LabelSpace)`` of ``checkpoint``.
+    def get(self, checkpoint: Path, device: str = "cpu") -> LoadedModel:
+        """The model of ``checkpoint``, loaded once.
 
         Raises:
             CheckpointError: The file is not a usable checkpoint.
         """
         from core.checkpoint import load_model
+        from core.image_cost import activation_bytes_per_pixel
 
         key = (str(checkpoint), checkpoint.stat().st_mtime_ns, device)
         # Loading under the lock: two requests for a new model must not load it twice.
@@ -45,21 +83,31 @@ class ModelCache:
                 self._models.move_to_end(key)
                 return self._models[key]
             model, label_space, _ = load_model(checkpoint, device=device)
+            loaded = LoadedModel(model, label_space, activation_bytes_per_pixel(model))
             self.loads += 1
-            self._models[key] = (model, label_space)
+            self._models[key] = loaded
             while len(self._models) > self.size:
                 self._models.popitem(last=False)
-            return model, label_space
+            return loaded
 
 
-def predict_label(model, image: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """The (H, W) uint8 train-id map of an RGB image."""
+def predict_label(
+    model, image: np.ndarray, input_size: tuple[int, int] | None = None, device: str = "cpu"
+) -> np.ndarray:
+    """The (H, W) uint8 train-id map of an RGB image, predicted on the image scaled to
+    ``input_size`` (height, width; default: its own size) and scaled back (nearest)."""
+    import cv2
     import torch
 
     from core.inference import predict
 
+    height, width = image.shape[:2]
+    if input_size is not None and input_size != (height, width):
+        image = cv2.resize(image, input_size[::-1], interpolation=cv2.INTER_AREA)
     with torch.inference_mode():
         label, _ = predict(model, image, mode="whole", device=device)
+    if label.shape != (height, width):
+        label = cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
     return label
 
 

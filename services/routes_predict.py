@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
 
+from core.confine import PathNotAllowedError, check_confined
 from core.errors import CheckpointError, CorruptImageError, ImageTooLargeError
+from core.image_cost import ImagePlan, plan_image
 from core.plan import SpecError
 from services.db import SUCCEEDED, Run
 from services.deps import Service, ServiceDep
-from services.predict import class_shares, label_png, overlay_png, predict_label
+from services.predict import LoadedModel, class_shares, label_png, overlay_png, predict_label
 from services.schemas import PredictionShares
 from services.spec_inputs import check_readable_path
 
@@ -37,7 +40,10 @@ MIN_SIDE = 8
         400: {"description": "Not a decodable image, or too small"},
         404: {"description": "No such run"},
         409: {"description": "The run has no trained model yet"},
-        413: {"description": "Upload too large, or an image header declaring too many pixels"},
+        413: {
+            "description": "Upload too large, an image header declaring too many pixels, or an "
+            "image that costs too much memory or has too extreme an aspect ratio"
+        },
         422: {"description": "Neither or both of run_id and checkpoint, or a bad checkpoint"},
         503: {
             "description": "Busy: the wait for a prediction slot was too long, or too many "
@@ -55,9 +61,14 @@ def predict(
     """Predict the classes of an image with the last model a run trained, or a checkpoint file
     (inside the data roots or the workdir); the model stays loaded for the next request.
 
-    The image's size is read from its header and checked before anything is decoded; at most
-    ``predict_concurrency`` predictions run at once (FastAPI runs this in its thread pool, off the
-    event loop), up to ``predict_queue`` others wait up to ``predict_wait_s`` for a slot, and more
+    The image's size is read from its header and its cost checked before anything is decoded
+    (core.image_cost): the model reads it scaled down when its longest side, its pixels or its
+    memory would be over ``predict_max_side``, ``predict_max_input_pixels`` or
+    ``predict_request_bytes`` (the ``X-Model-Input`` header and the shares say at what size; the
+    label has the image's size), and an image that cannot fit is a 413. At most
+    ``predict_concurrency`` predictions run at once and together within
+    ``predict_memory_bytes`` (FastAPI runs this in its thread pool, off the event loop); up to
+    ``predict_queue`` others wait up to ``predict_wait_s`` for a slot and their memory, and more
     are turned away at once (503 with Retry-After).
     """
     settings = service.settings
@@ -72,15 +83,56 @@ def predict(
     if not service.predict_waiting.acquire(blocking=False):
         raise _busy(f"{settings.predict_queue} predictions wait already")
     try:
-        got_slot = service.predict_slots.acquire(timeout=settings.predict_wait_s)
+        loaded = _model(service, path)
+        plan = _plan(service, size, loaded, name)
+        _reserve(service, plan.bytes)
     finally:
         service.predict_waiting.release()
-    if not got_slot:
-        raise _busy(f"no prediction slot came free in {settings.predict_wait_s:g} s")
     try:
-        return _predict(service, _decode(data, name, size), path, output)
+        return _predict(service, _decode(data, name, size), path, loaded, plan, output)
     finally:
+        service.predict_budget.release(plan.bytes)
         service.predict_slots.release()
+
+
+def _model(service: Service, path: Path) -> LoadedModel:
+    try:
+        return service.models.get(path, service.settings.predict_device)
+    except CheckpointError as exc:
+        raise _unprocessable("checkpoint", str(exc)) from exc
+
+
+def _plan(service: Service, size: tuple[int, int], loaded: LoadedModel, name: str) -> ImagePlan:
+    """The model input and memory of this image (413 when it cannot fit), from its header."""
+    settings = service.settings
+    try:
+        return plan_image(
+            *size,
+            num_classes=loaded.label_space.num_classes,
+            activation_bytes_per_pixel=loaded.activation_bytes_per_pixel,
+            max_side=settings.predict_max_side,
+            max_input_pixels=settings.predict_max_input_pixels,
+            max_bytes=settings.predict_request_bytes,
+            min_side=MIN_SIDE,
+            name=name,
+        )
+    except ImageTooLargeError as exc:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(exc)) from exc
+
+
+def _reserve(service: Service, n_bytes: int) -> None:
+    """A prediction slot and ``n_bytes`` of the shared memory budget, each waited for up to
+    ``predict_wait_s`` in all; 503 when they do not come free."""
+    settings = service.settings
+    deadline = time.monotonic() + settings.predict_wait_s
+    if not service.predict_slots.acquire(timeout=settings.predict_wait_s):
+        raise _busy(f"no prediction slot came free in {settings.predict_wait_s:g} s")
+    if not service.predict_budget.acquire(n_bytes, max(0.0, deadline - time.monotonic())):
+        service.predict_slots.release()
+        raise _busy(
+            f"{n_bytes / 2**20:.0f} MiB of the {settings.predict_memory_bytes / 2**20:.0f} MiB "
+            f"prediction budget did not come free in {settings.predict_wait_s:g} s"
+        )
 
 
 def _busy(why: str) -> HTTPException:
@@ -89,23 +141,27 @@ def _busy(why: str) -> HTTPException:
     )
 
 
-def _predict(service: Service, pixels, path: Path, output: Output) -> Response:
-    settings = service.settings
-    try:
-        model, label_space = service.models.get(path, settings.predict_device)
-    except CheckpointError as exc:
-        raise _unprocessable("checkpoint", str(exc)) from exc
-    label = predict_label(model, pixels, settings.predict_device)
+def _predict(
+    service: Service, pixels, path: Path, loaded: LoadedModel, plan: ImagePlan, output: Output
+) -> Response:
+    input_size = (plan.input_height, plan.input_width)
+    label = predict_label(loaded.model, pixels, input_size, service.settings.predict_device)
+    # Says at what size the model read the image (smaller than the image: scaled to fit).
+    headers = {"X-Model-Input": f"{plan.input_height}x{plan.input_width}"}
     if output == "shares":
         shares = PredictionShares(
             height=label.shape[0],
             width=label.shape[1],
+            input_height=plan.input_height,
+            input_width=plan.input_width,
+            resized=plan.resized,
             checkpoint=str(path),
-            classes=class_shares(label, label_space),
+            classes=class_shares(label, loaded.label_space),
         )
-        return Response(shares.model_dump_json(), media_type="application/json")
-    png = label_png(label) if output == "label" else overlay_png(pixels, label, label_space)
-    return Response(png, media_type="image/png")
+        return Response(shares.model_dump_json(), media_type="application/json", headers=headers)
+    space = loaded.label_space
+    png = label_png(label) if output == "label" else overlay_png(pixels, label, space)
+    return Response(png, media_type="image/png", headers=headers)
 
 
 def _check_header(data: bytes, name: str, max_pixels: int) -> tuple[int, int]:
@@ -164,9 +220,18 @@ def _checkpoint_path(service: Service, run_id: str | None, checkpoint: str | Non
             for s in run.stages
             if s.status == SUCCEEDED and "checkpoint" in s.outputs
         ]
-    if not trained or not Path(trained[-1]).is_file():
+    if not trained:
         raise HTTPException(status.HTTP_409_CONFLICT, f"run {run_id!r} has no trained model yet")
-    return Path(trained[-1])
+    # Checked again now: its folder or file may have been swapped for a link since the run.
+    try:
+        path = check_confined(trained[-1], service.settings.allowed_roots)
+    except PathNotAllowedError as exc:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"run {run_id!r}: its model is refused: {exc}"
+        ) from exc
+    if not path.is_file():
+        raise HTTPException(status.HTTP_409_CONFLICT, f"run {run_id!r} has no trained model yet")
+    return path
 
 
 def _unprocessable(field: str, message: str) -> HTTPException:

@@ -171,6 +171,9 @@ class ClassShare(BaseModel):
 class PredictionShares(BaseModel):
     height: int
     width: int
+    input_height: int = Field(description="The height the model read the image at")
+    input_width: int = Field(description="The width the model read the image at")
+    resized: bool = Field(description="Whether the model read the image scaled down to fit")
     checkpoint: str
     classes: list[ClassShare]
 

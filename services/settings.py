@@ -42,6 +42,16 @@ class Settings(BaseSettings):
         max_upload_bytes: Largest image accepted by ``/api/predict`` (larger: 413).
         max_image_pixels: Largest decoded image (height x width) to predict on (larger: 413).
         max_json_bytes: Largest JSON request body (a run spec).
+        predict_max_side: The longest side of a model input; a longer image is read scaled down
+            (the response says so: ``X-Model-Input``).
+        predict_max_input_pixels: The most pixels of a model input (bounds the time of one
+            prediction); a larger image is read scaled down.
+        predict_request_bytes: The most memory one prediction may hold by its estimate
+            (core.image_cost: decoded image, model input, activations, logits, label, overlay);
+            the model input is scaled down to fit, and an image whose full-size buffers alone
+            are over is a 413.
+        predict_memory_bytes: The memory all predictions running at once share: each reserves
+            its estimate and waits (up to ``predict_wait_s``) until it fits.
         predict_device: Torch device for prediction.
         predict_concurrency: Predictions running at once (each holds a decoded image and the
             model's activations); more requests wait for a slot.
@@ -73,6 +83,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=20 * 2**20, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     max_json_bytes: int = Field(default=2**20, gt=0)
+    predict_max_side: int = Field(default=2048, ge=64, le=16384)
+    predict_max_input_pixels: int = Field(default=2048 * 1024, ge=64 * 64)
+    predict_request_bytes: int = Field(default=2**30, ge=2**24)
+    predict_memory_bytes: int = Field(default=2 * 2**30, ge=2**24)
     predict_device: str = "cpu"
     predict_concurrency: int = Field(default=2, gt=0, le=64)
     predict_wait_s: float = Field(default=120.0, gt=0)
@@ -93,6 +107,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.workdir / 'service.db'}"
         if not self.data_roots:
             raise ValueError("data_roots: give at least one folder")
+        if self.predict_request_bytes > self.predict_memory_bytes:
+            raise ValueError("predict_request_bytes: must not exceed predict_memory_bytes")
         return self
 
     @property

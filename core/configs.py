@@ -25,6 +25,8 @@ Precision = Literal["fp32", "bf16"]
 LabelLayout = Literal["auto", "staged", "fused"]
 ScheduleKind = Literal["constant", "coarse2fine", "fine2coarse", "coarse2fine+", "fine2coarse+"]
 TrainMode = Literal["joint", "pretrain_finetune", "finetune"]
+TrainMethod = Literal["offline", "online"]
+OnlineTeacherStart = Literal["teacher", "student"]
 Role = Literal["teacher", "student"]
 
 
@@ -302,6 +304,88 @@ class StrongAugmentConfig(StrictModel):
     cutout_max: float = Field(default=0.5, gt=0, le=1)
 
 
+class CopyPasteConfig(StrictModel):
+    """Ground-truth segments of rare classes pasted into training crops (the rare-class side of AEL
+    and AugSeg): a crop of a labeled image centred on one of these classes is drawn, and its pixels
+    of these classes are pasted at the same place into the crop, their labels overriding whatever
+    label (true or pseudo) the crop had there. Labeled crops get it in every method (so a
+    labeled-only control can have it too); online students also paste into their strong views.
+
+    Attributes:
+        probability: Chance that a crop gets a pasted segment.
+        classes: The classes pasted, by name; default: the rare ones, whose share of the labeled
+            set's pixels is below ``rare_share``.
+        rare_share: See ``classes``.
+    """
+
+    probability: float = Field(default=0.5, ge=0, le=1)
+    classes: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
+        default=None, min_length=1, max_length=255
+    )
+    rare_share: float = Field(default=0.02, gt=0, le=1)
+
+
+class OnlineSettings(StrictModel):
+    """Online self-training (``TrainSettings.method: online``): weak-to-strong consistency with an
+    exponential-moving-average teacher, as in Mean Teacher (the EMA), FixMatch / UniMatch (a
+    confident prediction on a weak view supervises strong views; a second strong view and a
+    feature-perturbation branch) and CutMix-Seg (CutMix between unlabeled images, the labels mixed
+    with the same box). See core.online.
+
+    Attributes:
+        ema_decay: The teacher's weights after each step: ``decay * teacher + (1 - decay) *
+            student`` (Mean Teacher; 0.99 as in U2PL and CutMix-Seg).
+        teacher_start: Where the EMA teacher starts: ``teacher`` (the trained teacher's checkpoint,
+            ``TrainJobConfig.online_teacher``) or ``student`` (a copy of the student's start).
+        threshold: The confidence above which a teacher's pixel supervises the student (UniMatch:
+            0.95); also the ceiling of the per-class thresholds.
+        class_thresholds: Adapt a threshold per class while training (FreeMatch's self-adaptive
+            thresholds, per class): each class's threshold is ``threshold`` times its running mean
+            confidence over the most confident class's, never below ``threshold_floor``, so a
+            class the teacher is less sure of (a rare one) is not filtered out entirely.
+        threshold_floor: The lowest a per-class threshold goes.
+        threshold_momentum: Of the running per-class mean confidences (per step).
+        strong: The strong views' photometric augmentation (cutout off by default: CutMix does its
+            job).
+        cutmix: Chance that a strong view gets a box of another unlabeled image of the batch.
+        second_view: Two strong views per image, each with its own CutMix (UniMatch).
+        feature_dropout: Also train on the weak view with dropout of this rate on the features the
+            classifier reads (UniMatch's feature perturbation, on the penultimate features every
+            model has); None: off.
+        unlabeled_weight: Weight of the strong views' loss (averaged over the views).
+        feature_weight: Weight of the feature-perturbation loss.
+        offline_weight: Weight of a loss on the label stores' offline pseudo labels of the same
+            strong views (when the unlabeled images come from stores); 0: unused.
+    """
+
+    ema_decay: float = Field(default=0.99, ge=0, lt=1)
+    teacher_start: OnlineTeacherStart = "student"
+    threshold: float = Field(default=0.95, ge=0, le=1)
+    class_thresholds: bool = True
+    threshold_floor: float = Field(default=0.7, ge=0, le=1)
+    threshold_momentum: float = Field(default=0.99, ge=0, lt=1)
+    strong: StrongAugmentConfig = Field(
+        default_factory=lambda: StrongAugmentConfig(color_jitter=0.5, cutout=0.0)
+    )
+    cutmix: float = Field(default=0.5, ge=0, le=1)
+    second_view: bool = True
+    feature_dropout: float | None = Field(default=None, gt=0, lt=1)
+    unlabeled_weight: float = Field(default=1.0, ge=0, le=100)
+    feature_weight: float = Field(default=0.5, ge=0, le=100)
+    offline_weight: float = Field(default=0.0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _check(self) -> OnlineSettings:
+        if self.threshold_floor > self.threshold:
+            raise ValueError(
+                f"threshold_floor ({self.threshold_floor}) must not exceed threshold "
+                f"({self.threshold})"
+            )
+        if self.strong.cutout > 0:
+            raise ValueError("strong.cutout: online strong views mix boxes with cutmix instead")
+        return self
+
+
 class TrainSettings(StrictModel):
     """Teacher or student training: what a user chooses (REST ``teacher.train``, ``student.train``).
 
@@ -321,6 +405,13 @@ class TrainSettings(StrictModel):
             below this fraction of their share of real pixels (classes the teacher
             under-predicts), so pseudo crops do not teach the student to drop them.
         pseudo_augment: Strong augmentation applied to pseudo samples only.
+        method: ``offline`` (the paper's: a label job's stored pseudo labels are the student's
+            targets) or ``online`` (``online``'s settings: an EMA teacher labels weak views of
+            the unlabeled images while the student trains on strong views; ``pseudo_per_real``
+            is then unlabeled samples per real one in every step).
+        labeled_cutmix: Chance that a labeled crop gets a box of another labeled crop of its batch
+            (image and true label mixed with the same box); labeled-side, so a control has it too.
+        copy_paste: Rare classes' true segments pasted into crops (see ``CopyPasteConfig``).
         soft_labels: Train on the stores' class probabilities with a soft cross entropy instead
             of their hard labels (the paper's Table 7 ablation; hard labels are its choice). The
             stores must be labeled with ``soft_labels``; real samples count as one-hot; not with
@@ -351,6 +442,10 @@ class TrainSettings(StrictModel):
     ignore_underpredicted: float | None = Field(default=None, gt=0, le=1)
     pseudo_augment: StrongAugmentConfig | None = None
     soft_labels: bool = False
+    method: TrainMethod = "offline"
+    online: OnlineSettings = Field(default_factory=OnlineSettings)
+    labeled_cutmix: float = Field(default=0.0, ge=0, le=1)
+    copy_paste: CopyPasteConfig | None = None
     samples_per_epoch: int | None = Field(default=None, gt=0, le=100_000_000)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -394,7 +489,17 @@ class TrainSettings(StrictModel):
     def _check_soft(self) -> TrainSettings:
         if self.soft_labels and self.ohem:
             raise ValueError("soft_labels: OHEM ranks pixels by a hard label loss; set ohem false")
+        if self.soft_labels and self.labeled_cutmix:
+            raise ValueError("labeled_cutmix: soft targets are not mixed; set it to 0")
+        if self.method == "online" and self.soft_labels:
+            raise ValueError("soft_labels: an online student's targets are its EMA teacher's")
+        if self.method == "online" and self.mode == "pretrain_finetune":
+            raise ValueError("mode 'pretrain_finetune' trains on stored pseudo labels; use joint")
         return self
+
+    @property
+    def online_method(self) -> bool:
+        return self.method == "online"
 
     def effective_lr(self) -> float:
         """lr if given, else the paper's defaults: ``finetune_lr`` when finetuning, else 0.02."""
@@ -411,7 +516,12 @@ class TrainJobConfig(TrainSettings):
         role: ``teacher`` (labeled data only) or ``student``.
         run_name: The run folder's name under ``storage_path`` (core.runfiles).
         storage_path: Where run folders live.
-        pseudo: Label stores (core.store) whose pseudo labels the student trains on.
+        pseudo: Label stores (core.store) whose pseudo labels the student trains on (offline), or
+            whose images an online student reads (their centroids can centre its crops).
+        unlabeled: Online students: unlabeled sources read directly (any source a label job
+            reads), instead of or beside ``pseudo``'s stores.
+        online_teacher: Online students with ``online.teacher_start: teacher``: the checkpoint
+            the EMA teacher starts from.
         init_checkpoint: Start from these weights (a finetune, or a student from its teacher).
         ray_address: The cluster; default: RAY_ADDRESS, else Ray in-process.
         allowed_roots: The folders every path of the job must lie in, checked again when the
@@ -422,6 +532,8 @@ class TrainJobConfig(TrainSettings):
     run_name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     storage_path: str
     pseudo: list[str] = Field(default_factory=list, max_length=256)
+    unlabeled: list[DataSource] = Field(default_factory=list, max_length=64)
+    online_teacher: str | None = None
     init_checkpoint: str | None = None
     ray_address: str | None = None
     tracking: TrackingSettings | None = None
@@ -435,6 +547,20 @@ class TrainJobConfig(TrainSettings):
             raise ValueError("init_checkpoint: mode 'finetune' needs a checkpoint to start from")
         if self.mode == "pretrain_finetune" and not self.pseudo:
             raise ValueError("pseudo: mode 'pretrain_finetune' needs at least one label store")
+        if self.role == "teacher" and self.unlabeled:
+            raise ValueError("unlabeled: a teacher trains on labeled data only")
+        if self.unlabeled and not self.online_method:
+            raise ValueError("unlabeled: only an online student reads unlabeled sources")
+        starts_from_teacher = self.online_method and self.online.teacher_start == "teacher"
+        if starts_from_teacher and not self.online_teacher:
+            raise ValueError(
+                "online_teacher: online.teacher_start 'teacher' needs the teacher's checkpoint"
+            )
+        if self.online_method and self.unlabeled and self.centroid_sampling:
+            raise ValueError(
+                "centroid_sampling: centroids come from label stores; an online student that "
+                "reads unlabeled sources draws whole images: set centroid_sampling false"
+            )
         return self
 
     def paths(self) -> list[tuple[str, str]]:
@@ -466,6 +592,8 @@ class TrainJobConfig(TrainSettings):
                 "labeled": source(self.labeled),
                 "val": source(self.val),
                 "pseudo": [_absolute(store) for store in self.pseudo],
+                "unlabeled": [source(data) for data in self.unlabeled],
+                "online_teacher": _absolute(self.online_teacher),
                 "init_checkpoint": _absolute(self.init_checkpoint),
             }
         )

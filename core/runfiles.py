@@ -45,6 +45,12 @@ class MetricsRow(BaseModel):
         seconds: Wall time of the epoch's training, data loading included.
         cpu_seconds: CPU time of rank 0's process in the epoch.
         val_miou: Validation mIoU after the epoch; None when not validated.
+        unlabeled_confident_share: Online students: the share of the unlabeled crops' pixels
+            whose teacher label counted (confident enough, or pasted).
+        pseudo_class_share: Online students: each class's share of the counted pixels.
+        labeled_class_share: Online students: each class's share of the labeled set's pixels
+            (the prior the pseudo shares are held against).
+        class_thresholds: Online students: each class's confidence threshold after the epoch.
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -61,6 +67,10 @@ class MetricsRow(BaseModel):
     seconds: float
     cpu_seconds: float
     val_miou: float | None = None
+    unlabeled_confident_share: float | None = None
+    pseudo_class_share: dict[str, float] | None = None
+    labeled_class_share: dict[str, float] | None = None
+    class_thresholds: dict[str, float] | None = None
 
 
 # A metrics file holds one row of about 300 bytes per epoch; MAX_EPOCHS (100,000) rows fit.

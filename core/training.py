@@ -38,7 +38,16 @@ from core.errors import CheckpointError, ConfigError, DataError
 from core.evaluate import evaluate
 from core.labels import LabelSpace
 from core.metrics import ConfusionMatrix
+from core.mixing import (
+    SegmentBank,
+    cutmix_box,
+    mix_with_partner,
+    override,
+    paste,
+    rare_classes,
+)
 from core.models import reset_head
+from core.online_data import UnlabeledPool
 from core.pseudo import (
     LabeledStatistics,
     PseudoLabels,
@@ -69,6 +78,8 @@ class EpochPlan:
         n_real: Real samples in the epoch's list.
         n_pseudo: Pseudo samples in the epoch's list.
         phase: ``"joint"``, or ``"pretrain"`` / ``"finetune"`` in mode ``pretrain_finetune``.
+        unlabeled_batch_size: Online students: unlabeled samples per step on each rank beside
+            ``batch_size`` real ones (``n_pseudo`` then counts unlabeled samples); 0 otherwise.
     """
 
     epoch: int
@@ -77,14 +88,20 @@ class EpochPlan:
     n_real: int
     n_pseudo: int
     phase: str = "joint"
+    unlabeled_batch_size: int = 0
 
     @property
     def n_samples(self) -> int:
         return self.n_real + self.n_pseudo
 
+    @property
+    def online(self) -> bool:
+        return self.unlabeled_batch_size > 0
+
     def steps(self, world_size: int) -> int:
-        """Optimizer steps of this epoch on each of ``world_size`` ranks."""
-        per_rank = math.ceil(self.n_samples / world_size)
+        """Optimizer steps of this epoch on each of ``world_size`` ranks (an online step takes a
+        batch of real samples and one of unlabeled samples)."""
+        per_rank = math.ceil((self.n_real if self.online else self.n_samples) / world_size)
         return math.ceil(per_rank / self.batch_size)
 
 
@@ -125,11 +142,32 @@ def plan_epochs(config: TrainJobConfig, n_labeled: int, n_pseudo_images: int) ->
                 f"epoch {epoch} needs {n_real} real samples; the labeled set is empty"
             )
         if n_pseudo and not n_pseudo_images:
-            raise ConfigError(f"epoch {epoch} needs {n_pseudo} pseudo samples; no store has labels")
+            raise ConfigError(
+                f"epoch {epoch} needs {n_pseudo} pseudo samples; no store or source has images"
+            )
+        if _online(config) and n_pseudo:
+            plans.append(_online_plan(config, epoch, crop, batch, n_real))
+            continue
         if n_real + n_pseudo == 0:
             raise ConfigError(f"epoch {epoch} has no samples")
         plans.append(EpochPlan(epoch, crop, batch, n_real, n_pseudo, phase))
     return plans
+
+
+def _online(config: TrainJobConfig) -> bool:
+    return config.online_method and bool(config.pseudo or config.unlabeled)
+
+
+def _online_plan(
+    config: TrainJobConfig, epoch: int, crop: int, batch: int, n_real: int
+) -> EpochPlan:
+    """An online epoch: ``n_real`` real samples in steps of ``batch`` per rank, each step beside
+    ``batch * pseudo_per_real`` unlabeled samples (at least one), so the unlabeled count fills
+    every step of every rank."""
+    unlabeled_batch = max(1, round(batch * config.pseudo_per_real))
+    plan = EpochPlan(epoch, crop, batch, n_real, 0, "joint", unlabeled_batch)
+    n_unlabeled = plan.steps(config.num_workers) * unlabeled_batch * config.num_workers
+    return EpochPlan(epoch, crop, batch, n_real, n_unlabeled, "joint", unlabeled_batch)
 
 
 def epoch_phase(config: TrainJobConfig, epoch: int) -> str:
@@ -146,7 +184,7 @@ def _sample_counts(
     ratio = config.pseudo_per_real
     if phase == "pretrain":
         return 0, config.samples_per_epoch or n_pseudo_images
-    if phase == "finetune" or not config.pseudo or ratio == 0:
+    if phase == "finetune" or not (config.pseudo or config.unlabeled) or ratio == 0:
         return config.samples_per_epoch or n_labeled, 0
     if config.samples_per_epoch:
         return split_counts(config.samples_per_epoch, ratio)
@@ -164,6 +202,9 @@ class TrainingData:
         val: The validation set, or None.
         sampler: Draws each epoch's sample list.
         plans: The plan of every epoch.
+        stats: The labeled set's centroids and class pixels, when something needs them.
+        bank: Rare-class segments to paste (``copy_paste``), or None.
+        pool: An online student's unlabeled images (its stores, then its sources), or None.
     """
 
     labeled: SegmentationDataset
@@ -172,6 +213,9 @@ class TrainingData:
     val: SegmentationDataset | None
     sampler: EpochSampler
     plans: list[EpochPlan]
+    stats: LabeledStatistics | None = None
+    bank: SegmentBank | None = None
+    pool: UnlabeledPool | None = None
 
 
 def open_training_data(config: TrainJobConfig) -> TrainingData:
@@ -201,14 +245,20 @@ def open_training_data(config: TrainJobConfig) -> TrainingData:
                 "soft_labels: true"
             )
     stats = None
-    if config.real_centroid_sampling or config.ignore_underpredicted is not None:
+    if (
+        config.real_centroid_sampling
+        or config.ignore_underpredicted is not None
+        or config.copy_paste is not None
+        or config.online_method
+    ):
         stats = labeled_statistics(labeled)
     _set_pseudo_levers(config, pseudo, stats)
+    pool = UnlabeledPool.open(pseudo, config.unlabeled) if config.online_method else None
     # The index of each store, read once: its done set, then its centroid table (core.store).
-    done = [reader.store.done_indices() for reader in pseudo]
+    done = pool.indices if pool is not None else [r.store.done_indices() for r in pseudo]
     centroids = None
-    if config.centroid_sampling:
-        centroids = [r.store.centroids(done=d) for r, d in zip(pseudo, done, strict=True)]
+    if config.centroid_sampling and not config.unlabeled:
+        centroids = [r.store.centroids(done=d) for r, d in zip(pseudo, done, strict=False)]
     real_centroids = stats.centroids if config.real_centroid_sampling and stats else None
     sampler = EpochSampler(len(labeled), done, centroids, config.seed, real_centroids)
     val = None
@@ -222,7 +272,32 @@ def open_training_data(config: TrainJobConfig) -> TrainingData:
                 f"data's {list(label_space.names)}"
             )
     plans = plan_epochs(config, len(labeled), sum(len(d) for d in done))
-    return TrainingData(labeled, label_space, pseudo, val, sampler, plans)
+    bank = segment_bank(config, labeled, stats)
+    return TrainingData(labeled, label_space, pseudo, val, sampler, plans, stats, bank, pool)
+
+
+def segment_bank(
+    config: TrainJobConfig, labeled: SegmentationDataset, stats: LabeledStatistics | None
+) -> SegmentBank | None:
+    """The rare-class segments ``copy_paste`` pastes: its classes, or the labeled set's classes
+    below its ``rare_share`` of the pixels.
+
+    Raises:
+        ConfigError: A named class is not one of the labeled set's.
+    """
+    paste = config.copy_paste
+    if paste is None or stats is None:
+        return None
+    assert labeled.label_space is not None  # checked by open_training_data
+    names = list(labeled.label_space.names)
+    if paste.classes is None:
+        classes = rare_classes(stats.class_pixels, paste.rare_share)
+    else:
+        unknown = [name for name in paste.classes if name not in names]
+        if unknown:
+            raise ConfigError(f"copy_paste.classes: {unknown} are not classes of {names}")
+        classes = [names.index(name) for name in paste.classes]
+    return SegmentBank(labeled, stats.centroids, classes, config.augment)
 
 
 def _set_pseudo_levers(
@@ -261,6 +336,10 @@ class EpochSamples(Dataset):
             from the same generator, so real samples are exactly as without it).
         soft: Soft targets (core.transforms.soft_target): the pseudo samples' class
             probabilities from their stores, the real samples' labels one-hot.
+        bank: Rare-class segments pasted into real samples (``copy_paste``), or None.
+        paste_probability: Chance that a real sample gets a pasted segment.
+        cutmix: Chance that a sample gets a CutMix box of its batch partner; when above 0 each
+            item also carries its box (``(H, W)`` bool), mixed in ``train_one_epoch``.
     """
 
     def __init__(
@@ -274,8 +353,14 @@ class EpochSamples(Dataset):
         epoch: int,
         strong: StrongAugmentConfig | None = None,
         soft: bool = False,
+        bank: SegmentBank | None = None,
+        paste_probability: float = 0.0,
+        cutmix: float = 0.0,
     ) -> None:
         self.soft = soft
+        self.bank = bank
+        self.paste_probability = paste_probability if bank is not None and len(bank) else 0.0
+        self.cutmix = cutmix
         self.part = list(part)
         self.labeled = labeled
         self.pseudo = list(pseudo)
@@ -289,7 +374,7 @@ class EpochSamples(Dataset):
     def __len__(self) -> int:
         return len(self.part)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray, ...]:
         position, sample = self.part[i]
         probabilities = None
         if sample.store == REAL:
@@ -311,13 +396,23 @@ class EpochSamples(Dataset):
             )
         if self.strong is not None and not sample.is_real:
             image, label = self.strong(image, label, rng)
+        if sample.is_real and self.paste_probability and rng.random() < self.paste_probability:
+            assert self.bank is not None
+            image, pasted = paste(image, *self.bank.draw(rng, self.crop_size))
+            label = override(label, pasted)
+        if self.cutmix:
+            return image, label, cutmix_box(rng, label.shape[:2], self.cutmix)
         return image, label
 
 
-def collate(batch: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack crops into uint8 images (N, H, W, 3) and int64 labels (N, H, W)."""
-    images, labels = zip(*batch, strict=True)
-    return to_tensors(images, labels)
+def collate(batch: Sequence[tuple[np.ndarray, ...]]) -> tuple[torch.Tensor, ...]:
+    """Stack crops into uint8 images (N, H, W, 3) and int64 labels (N, H, W), and their CutMix
+    boxes (N, H, W) bool when the samples carry them."""
+    images, labels, *boxes = zip(*batch, strict=True)
+    tensors = to_tensors(images, labels)
+    if boxes:
+        return *tensors, torch.from_numpy(np.stack(boxes[0]))
+    return tensors
 
 
 def make_loader(dataset: EpochSamples, batch_size: int, workers: int = 0) -> DataLoader:
@@ -385,9 +480,8 @@ def train_one_epoch(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     steps, images = 0, 0
     sizes: set[tuple[int, int]] = set()
-    for image_batch, label_batch in loader:
-        x = normalize_batch(image_batch.to(device, non_blocking=True))
-        target = label_batch.to(device, non_blocking=True)
+    for batch in loader:
+        x, target = labeled_batch(batch, device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(model(x), target)
         optimizer.zero_grad(set_to_none=True)
@@ -399,7 +493,7 @@ def train_one_epoch(
         images += x.shape[0]
         sizes.add((x.shape[2], x.shape[3]))
     totals = torch.tensor([loss_sum.item(), steps, images], dtype=torch.float64)
-    _sum_over_ranks(totals, device)
+    sum_over_ranks(totals, device)
     return EpochStats(
         loss=float(totals[0] / max(totals[1], 1)),
         lr=float(optimizer.param_groups[0]["lr"]),
@@ -411,7 +505,20 @@ def train_one_epoch(
     )
 
 
-def _sum_over_ranks(values: torch.Tensor, device: torch.device) -> None:
+def labeled_batch(
+    batch: Sequence[torch.Tensor], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A loader's batch on ``device``: normalized images and their labels, each sample's CutMix
+    box taken from its partner when the batch carries boxes (core.mixing)."""
+    x = normalize_batch(batch[0].to(device, non_blocking=True))
+    target = batch[1].to(device, non_blocking=True)
+    if len(batch) > 2:
+        boxes = batch[2].to(device, non_blocking=True)
+        x, target = mix_with_partner(x, boxes), mix_with_partner(target, boxes)
+    return x, target
+
+
+def sum_over_ranks(values: torch.Tensor, device: torch.device) -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     # NCCL reduces CUDA tensors only.

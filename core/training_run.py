@@ -19,6 +19,8 @@ from core.checkpoint import save_checkpoint
 from core.configs import TrainJobConfig
 from core.losses import build_loss
 from core.models import build_model, convert_sync_batchnorm
+from core.online_data import UnlabeledViews, make_views_loader
+from core.online_train import OnlineParts, online_metrics, online_parts, train_online_epoch
 from core.optim import build_optimizer, poly_lr
 from core.runfiles import MetricsRow, RunFiles
 from core.sampling import Sample, rank_part
@@ -73,6 +75,7 @@ class TrainingRun:
     start_epoch: int = 0
     history: list[MetricsRow] = field(default_factory=list)
     best_val_miou: float | None = None
+    online: OnlineParts | None = None
 
     @classmethod
     def start(
@@ -91,7 +94,10 @@ class TrainingRun:
             model, config.effective_lr(), config.momentum, config.weight_decay
         )
         lr_scheduler = lr_schedule(config, data.plans, optimizer, world_size)
-        return cls(config, data, model, optimizer, lr_scheduler, device, rank, world_size)
+        run = cls(config, data, model, optimizer, lr_scheduler, device, rank, world_size)
+        if config.online_method and data.pool is not None:
+            run.online = online_parts(config, model, data.label_space)
+        return run
 
     def restore(self, state: dict) -> None:
         """Continue from a checkpoint that ``save`` wrote (core.checkpoint format)."""
@@ -102,6 +108,10 @@ class TrainingRun:
         self.start_epoch = state["epoch"]
         self.history = [MetricsRow.model_validate(row) for row in state["extra"]["history"]]
         self.best_val_miou = state["extra"]["best_val_miou"]
+        if self.online is not None:
+            online = state["extra"]["online"]
+            self.online.teacher.load_state_dict(online["teacher"])
+            self.online.thresholds.load_state_dict(online["thresholds"])
 
     def remaining_epochs(self) -> range:
         return range(self.start_epoch, self.config.epochs)
@@ -123,29 +133,90 @@ class TrainingRun:
         config, data = self.config, self.data
         plan = data.plans[epoch]
         samples = data.sampler.samples(epoch, plan.n_real, plan.n_pseudo)
+        if plan.online:
+            return self._train_online_epoch(trained, plan, samples)
         part = rank_part(samples, self.rank, self.world_size)
-        dataset = EpochSamples(
+        loader = make_loader(self._samples(part, plan), plan.batch_size, config.loader_workers)
+        bf16 = config.precision == "bf16"
+        stats = train_one_epoch(
+            trained, loader, self._loss(), self.optimizer, self.lr_scheduler, self.device, bf16
+        )
+        row = metrics_row(plan, stats, self._validate(epoch))
+        is_best = self._record(row)
+        return EpochResult(plan, part, stats, row, is_best)
+
+    def _samples(self, part: list[tuple[int, Sample]], plan: EpochPlan) -> EpochSamples:
+        config, data = self.config, self.data
+        paste = config.copy_paste.probability if config.copy_paste is not None else 0.0
+        return EpochSamples(
             part,
             data.labeled,
             data.pseudo,
             config.augment,
             plan.crop_size,
             config.seed,
-            epoch,
+            plan.epoch,
             config.pseudo_augment,
             config.soft_labels,
+            data.bank,
+            paste,
+            config.labeled_cutmix,
         )
-        loader = make_loader(dataset, plan.batch_size, config.loader_workers)
-        loss_fn = build_loss(
+
+    def _loss(self) -> nn.Module:
+        config = self.config
+        return build_loss(
             config.ohem, config.ohem_thresh, config.ohem_min_kept, soft=config.soft_labels
         )
-        bf16 = config.precision == "bf16"
-        stats = train_one_epoch(
-            trained, loader, loss_fn, self.optimizer, self.lr_scheduler, self.device, bf16
+
+    def _train_online_epoch(
+        self, trained: nn.Module, plan: EpochPlan, samples: list[Sample]
+    ) -> EpochResult:
+        """An online epoch: the list's real samples in one loader, its unlabeled ones in another
+        (each rank its own part of each), a step taking a batch of each."""
+        config, data = self.config, self.data
+        assert self.online is not None and data.pool is not None  # set up by start
+        positions = list(range(len(samples)))
+        real = [(p, s) for p, s in zip(positions, samples, strict=True) if s.is_real]
+        unlabeled = [(p, s) for p, s in zip(positions, samples, strict=True) if not s.is_real]
+        real_part = _rank_slice(real, self.rank, self.world_size)
+        unlabeled_part = _rank_slice(unlabeled, self.rank, self.world_size)
+        labeled_loader = make_loader(
+            self._samples(real_part, plan), plan.batch_size, config.loader_workers
         )
-        row = metrics_row(plan, stats, self._validate(epoch))
+        paste = config.copy_paste.probability if config.copy_paste is not None else 0.0
+        views = UnlabeledViews(
+            unlabeled_part,
+            data.pool,
+            config.augment,
+            config.online,
+            plan.crop_size,
+            config.seed,
+            plan.epoch,
+            data.bank,
+            paste,
+        )
+        views_loader = make_views_loader(views, plan.unlabeled_batch_size, config.loader_workers)
+        stats, pseudo = train_online_epoch(
+            trained,
+            self.model,
+            labeled_loader,
+            views_loader,
+            self.online,
+            self._loss(),
+            self.optimizer,
+            self.lr_scheduler,
+            self.device,
+            config.precision == "bf16",
+        )
+        row = metrics_row(plan, stats, self._validate(plan.epoch))
+        assert data.stats is not None  # online runs read the labeled statistics
+        names = list(data.label_space.names)
+        row = row.model_copy(
+            update=online_metrics(self.online, pseudo, data.stats.class_pixels, names)
+        )
         is_best = self._record(row)
-        return EpochResult(plan, part, stats, row, is_best)
+        return EpochResult(plan, real_part + unlabeled_part, stats, row, is_best)
 
     def _validate(self, epoch: int) -> float | None:
         val = self.data.val
@@ -187,12 +258,25 @@ class TrainingRun:
                 "best_val_miou": self.best_val_miou,
                 "sampler": self.data.sampler.state_dict(),
                 "role": config.role,
+                "online": None if self.online is None else self.online.state_dict(),
             },
         )
         RunFiles.of(config.storage_path, config.run_name).write(
             state_path, self.history, result.is_best
         )
         return state_path
+
+
+def _rank_slice(
+    pairs: list[tuple[int, Sample]], rank: int, world_size: int
+) -> list[tuple[int, Sample]]:
+    """Rank ``rank``'s part of ``(position, sample)`` pairs (core.sampling.rank_part: every rank
+    the same count, wrapping around); a wrapped repeat gets a position of its own."""
+    if not pairs:
+        return []
+    span = max(position for position, _ in pairs) + 1
+    part = rank_part([sample for _, sample in pairs], rank, world_size)
+    return [(pairs[p % len(pairs)][0] + span * (p // len(pairs)), s) for p, s in part]
 
 
 def lr_schedule(

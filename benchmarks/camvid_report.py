@@ -28,6 +28,13 @@ STUDENTS = (
     "centroid_7to1_c2f",
     "levers_1to1_grow",
     "levers_7to1_soft",
+    # Issue 23: online students and their controls (same start, steps and labeled-side
+    # augmentation), the controls' learning curve.
+    "control_cp",
+    "control_cp_1k",
+    "control_cp_2k",
+    "control_cp_8k",
+    "online_cp",
 )
 # Each student's labeled-only control: the same real samples, start and budget, no pseudo labels.
 # `control` (from scratch, the students' plain settings) trains exactly as the teacher does; the
@@ -38,6 +45,7 @@ CONTROL_OF = {
     "levers_7to1_soft": "control_levers",
     "centroid_7to1_init": "control_init",
     "levers_7to1_init": "control_init",
+    "online_cp": "control_cp",
 }
 VARIANTS = ("teacher", *STUDENTS)
 HEADLINE = "test"

@@ -222,12 +222,13 @@ def run_seed(
         return record
 
     teacher = train("teacher")
-    # Controls need no pseudo labels; they train before the label job.
-    for name in [s for s in students if is_control(s)]:
+    # Controls need no pseudo labels, online students that read the pool's images no stores:
+    # they train before the label job.
+    for name in [s for s in students if not reads_stores(s)]:
         train(name)
     if "error" in teacher:
         return records, None
-    pseudo_students = [name for name in students if not is_control(name)]
+    pseudo_students = [name for name in students if reads_stores(name)]
     if not pseudo_students:
         return records, None
     quality: dict | None = None
@@ -253,6 +254,11 @@ def run_seed(
         if label_config_of(name) not in failed:
             train(name)
     return records, quality
+
+
+def reads_stores(student: str) -> bool:
+    """Whether the student reads label stores (and so needs the label job first)."""
+    return bool(load_config(CONFIG_DIR / f"{student}.yaml", TrainJobConfig).pseudo)
 
 
 def label_config_of(student: str) -> str:
@@ -336,8 +342,11 @@ def resolve_train_config(
             if data[key]["subset_list"] is not None:
                 data[key]["subset_list"] = under(REPO, data[key]["subset_list"])
     data["pseudo"] = [under(seed_dir, store) for store in data["pseudo"]]
-    if data["init_checkpoint"] is not None:
-        data["init_checkpoint"] = under(seed_dir, data["init_checkpoint"])
+    for source in data["unlabeled"]:
+        source["root"] = under(seed_dir, source["root"])
+    for key in ("init_checkpoint", "online_teacher"):
+        if data[key] is not None:
+            data[key] = under(seed_dir, data[key])
     if scale == "smoke":
         data["epochs"] = SMOKE_EPOCHS
         data["samples_per_epoch"] = SMOKE_SAMPLES_PER_EPOCH
@@ -384,7 +393,21 @@ def describe_config(config: TrainJobConfig) -> dict:
         levers.append(f"ignore_underpredicted {config.ignore_underpredicted:g}")
     if config.soft_labels:
         levers.append("soft labels")
-    uses_pseudo = bool(config.pseudo) and config.pseudo_per_real > 0
+    if config.labeled_cutmix:
+        levers.append(f"labeled_cutmix {config.labeled_cutmix:g}")
+    if config.copy_paste is not None:
+        levers.append(f"copy_paste {config.copy_paste.probability:g}")
+    if config.init_checkpoint:
+        levers.append("init teacher")
+    uses_pseudo = bool(config.pseudo or config.unlabeled) and config.pseudo_per_real > 0
+    if config.online_method and uses_pseudo:
+        online = config.online
+        levers.append(
+            f"online (EMA {online.ema_decay:g} from {online.teacher_start}, threshold "
+            f"{online.threshold:g}{' per class' if online.class_thresholds else ''}, "
+            f"{2 if online.second_view else 1} strong views, cutmix {online.cutmix:g}"
+            f"{f', feature dropout {online.feature_dropout:g}' if online.feature_dropout else ''})"
+        )
     return {
         "centroid_sampling": uses_pseudo and config.centroid_sampling,
         "pseudo_per_real": config.pseudo_per_real if uses_pseudo else None,
@@ -491,8 +514,12 @@ def training_figures(rows: list[MetricsRow]) -> dict:
     """Steps, pseudo share and times of a finished run, from its metrics rows."""
     n_real = sum(row.n_real for row in rows)
     n_pseudo = sum(row.n_pseudo for row in rows)
-    # One worker: each epoch takes ceil(samples / batch) steps.
-    steps = sum(math.ceil((r.n_real + r.n_pseudo) / r.batch_size) for r in rows)
+    # One worker: each epoch takes ceil(samples / batch) steps (rows written before the rows had
+    # a step count).
+    steps = sum(
+        r.steps if r.steps is not None else math.ceil((r.n_real + r.n_pseudo) / r.batch_size)
+        for r in rows
+    )
     return {
         "epochs_done": len(rows),
         "steps": steps,

@@ -41,6 +41,7 @@ class MetricsRow(BaseModel):
         batch_size: Samples per step on each rank.
         n_real: Real samples in the epoch.
         n_pseudo: Pseudo samples in the epoch.
+        steps: Optimizer steps of the epoch on each rank.
         images_per_s: Samples per second of wall time, all ranks together.
         seconds: Wall time of the epoch's training, data loading included.
         cpu_seconds: CPU time of rank 0's process in the epoch.
@@ -63,6 +64,7 @@ class MetricsRow(BaseModel):
     batch_size: int
     n_real: int
     n_pseudo: int
+    steps: int | None = None
     images_per_s: float
     seconds: float
     cpu_seconds: float

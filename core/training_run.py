@@ -306,6 +306,7 @@ def metrics_row(plan: EpochPlan, stats: EpochStats, val_miou: float | None) -> M
         batch_size=plan.batch_size,
         n_real=plan.n_real,
         n_pseudo=plan.n_pseudo,
+        steps=stats.steps,
         images_per_s=stats.images_per_s,
         seconds=stats.seconds,
         cpu_seconds=stats.cpu_seconds,

@@ -54,7 +54,6 @@ from camvid_report import (
     STUDENTS,
     VARIANTS,
     aggregate,
-    is_control,
     markdown_report,
     paired_deltas,
 )

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -176,6 +177,11 @@ class TrainingRun:
         (each rank its own part of each), a step taking a batch of each."""
         config, data = self.config, self.data
         assert self.online is not None and data.pool is not None  # set up by start
+        # The feature perturbation's dropout draws from torch's generator: seeded per epoch and
+        # rank, a resumed run draws what an uninterrupted one would.
+        torch.manual_seed(
+            int(np.random.SeedSequence([config.seed, plan.epoch, self.rank]).generate_state(1)[0])
+        )
         positions = list(range(len(samples)))
         real = [(p, s) for p, s in zip(positions, samples, strict=True) if s.is_real]
         unlabeled = [(p, s) for p, s in zip(positions, samples, strict=True) if not s.is_real]

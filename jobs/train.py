@@ -46,7 +46,8 @@ NOT_VALIDATED = -1.0
 @dataclass(frozen=True)
 class EpochEvent:
     """What a rank did in one epoch, handed to ``run_training``'s ``epoch_hook`` after training and
-    validation, before checkpointing (tests use it to look inside the workers)."""
+    validation, before checkpointing (tests use it to look inside the workers); ``online_state``
+    is an online student's EMA teacher and thresholds on that rank."""
 
     rank: int
     world_size: int
@@ -55,6 +56,7 @@ class EpochEvent:
     positions: list[int]
     samples: list[Sample]
     stats: EpochStats
+    online_state: dict | None = None
 
 
 EpochHook = Callable[[EpochEvent], None]
@@ -146,8 +148,18 @@ def train_worker(loop_config: dict) -> None:
         if epoch_hook is not None:
             positions = [position for position, _ in result.part]
             samples = [sample for _, sample in result.part]
+            online_state = None if run.online is None else run.online.state_dict()
             epoch_hook(
-                EpochEvent(rank, world_size, epoch, result.plan, positions, samples, result.stats)
+                EpochEvent(
+                    rank,
+                    world_size,
+                    epoch,
+                    result.plan,
+                    positions,
+                    samples,
+                    result.stats,
+                    online_state,
+                )
             )
         if tracker is not None:
             tracker.log_epoch(result.row)

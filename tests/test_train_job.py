@@ -364,3 +364,75 @@ def test_a_soft_label_student_trains_on_ray(ray_local, scenes, soft_store, tmp_p
     rows = _metrics(config)
     assert summary.epochs_done == 2 and [r.n_pseudo for r in rows] == [8, 8]
     assert all(np.isfinite(r.loss) and r.loss > 0 for r in rows)
+
+
+def _online(tmp_path: Path, scenes: Path, **fields) -> TrainJobConfig:
+    """An online student reading the target scenes' images as its unlabeled pool."""
+    target = DataSource(format="folder", root=str(scenes / "target" / "leftImg8bit"))
+    values = {
+        "method": "online",
+        "unlabeled": [target],
+        "centroid_sampling": False,
+        "pseudo_per_real": 1.0,
+        "samples_per_epoch": 16,
+        "online": {"threshold": 0.5, "threshold_floor": 0.2, "feature_dropout": 0.5},
+        "copy_paste": {"probability": 0.5, "rare_share": 0.05},
+    }
+    return _config(tmp_path, scenes, **{**values, **fields})
+
+
+@pytest.mark.slow
+def test_two_workers_keep_identical_ema_teachers_and_thresholds(ray_local, scenes, tmp_path):
+    config = _online(tmp_path, scenes, epochs=2)
+    log = tmp_path / "teachers.jsonl"
+
+    def record(event):
+        import hashlib
+        import json
+
+        state = event.online_state
+        digest = hashlib.sha256()
+        for name, value in sorted(state["teacher"].items()):
+            digest.update(name.encode())
+            digest.update(value.cpu().numpy().tobytes())
+        row = {
+            "rank": event.rank,
+            "epoch": event.epoch,
+            "teacher": digest.hexdigest(),
+            "thresholds": state["thresholds"]["mean_confidence"].tolist(),
+            "steps": event.stats.steps,
+            "unlabeled": sum(not s.is_real for s in event.samples),
+        }
+        with open(log, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    run_training(config, epoch_hook=record)
+    events = _events(log)
+    assert len(events) == 4
+    for epoch in range(2):
+        by_rank = {e["rank"]: e for e in events if e["epoch"] == epoch}
+        assert sorted(by_rank) == [0, 1]
+        # 8 real samples a rank of 16 at 1:1 ... each rank its 4 in one step of 4, beside 4
+        # unlabeled: one step; the teachers and thresholds are the same on both ranks.
+        assert by_rank[0]["teacher"] == by_rank[1]["teacher"]
+        assert by_rank[0]["thresholds"] == by_rank[1]["thresholds"]
+        assert by_rank[0]["unlabeled"] == by_rank[1]["unlabeled"] > 0
+    assert events[0]["teacher"] != events[-1]["teacher"]  # the teacher moved
+    rows = _metrics(config)
+    assert [r.epoch for r in rows] == [0, 1]
+    assert all(r.unlabeled_confident_share is not None for r in rows)
+    checkpoint = load_checkpoint(RunFiles.of(config.storage_path, config.run_name).last)
+    assert set(checkpoint["extra"]["online"]) == {"teacher", "thresholds"}
+
+
+@pytest.mark.slow
+def test_an_online_student_trains_through_the_student_job(ray_local, scenes, tmp_path):
+    from core.configs import save_config
+    from jobs.train import main
+
+    config = _online(tmp_path, scenes, epochs=1, num_workers=1)
+    path = save_config(config, tmp_path / "online.yaml")
+    assert main(["--config", str(path)], role="student") == 0
+    rows = _metrics(config)
+    assert len(rows) == 1 and rows[0].n_pseudo > 0
+    assert rows[0].pseudo_class_share is not None and rows[0].class_thresholds is not None

@@ -32,6 +32,7 @@ from core.evaluation import EvaluationSettings, ModelRef
 from core.evaluation_run import EvaluateJobConfig
 from core.gate import MODEL_NAME_PATTERN, GateSpec
 from core.runfiles import RunFiles, resolve_checkpoint
+from core.sampling import split_counts
 
 StageKind = Literal["teacher", "label", "student", "control", "finetune", "evaluate"]
 JobScript = Literal["train", "label", "evaluate"]
@@ -100,8 +101,9 @@ class RunSpec(StrictModel):
         finetune: Optional: the student finetuned on a few labels (``mode`` is set to ``finetune``).
         loops: Further rounds: the last model labels the sources again and a new student is trained.
         control: Also train a labeled-only control beside the (first) student: the student's
-            settings and start, no pseudo labels, the same number of samples per epoch; the
-            student's gain over it is what the pseudo labels gave.
+            settings and start, no pseudo labels, the same number of samples per epoch (an
+            online student's control: its real samples, so the same steps of the same real
+            batches); the student's gain over it is what the pseudo labels gave.
         evaluation: Named held-out test sets: each loop ends with an evaluation stage that
             scores its teacher, the control and its student on them (core.evaluation).
         gate: What a student must show there before it is promoted and registered (core.gate).
@@ -210,17 +212,27 @@ def plan_stages(spec: RunSpec, output: Path) -> list[PlannedStage]:
     control = None
     for i, store in enumerate(spec.label.stores):
         plan.given(f"store-{i}", "label", f"label.stores.{i}", {"store": store})
+    labels = student_needs_stores(spec.student.train)
     for loop in range(spec.loops + 1):
         prefix = f"loop{loop}-" if loop else ""
         stores = [] if loop else list(spec.label.stores)
-        for i, source in enumerate(spec.label.sources):
+        for i, source in enumerate(spec.label.sources if labels else []):
             name, spec_field = f"{prefix}label-{i}", f"label.sources.{i}"
             stores.append(plan.label(name, spec_field, spec.label, source, model.checkpoint))
+        unlabeled = [] if labels else list(spec.label.sources)
         init = model.checkpoint if spec.student.init_from_teacher else None
         if spec.control and not loop:
             control = plan.train("control", "control", spec.student, init=init)
         teacher = model
-        model = plan.train(f"{prefix}student", "student", spec.student, pseudo=stores, init=init)
+        model = plan.train(
+            f"{prefix}student",
+            "student",
+            spec.student,
+            pseudo=stores,
+            init=init,
+            teacher=model.checkpoint,
+            unlabeled=unlabeled,
+        )
         if spec.finetune is not None:
             model = plan.train(
                 f"{prefix}finetune", "finetune", spec.finetune, init=model.checkpoint
@@ -228,6 +240,16 @@ def plan_stages(spec: RunSpec, output: Path) -> list[PlannedStage]:
         if spec.evaluation is not None:
             plan.evaluate(f"{prefix}evaluate", spec, loop, (teacher, control, model), stores)
     return plan.stages
+
+
+def student_needs_stores(settings: TrainSettings | None) -> bool:
+    """Whether the student reads label stores, so the run labels its sources first: an offline
+    student always; an online student only to centre its crops on the stores' centroids
+    (``centroid_sampling``) or to learn their offline labels too (``online.offline_weight``);
+    otherwise it reads the sources' images itself."""
+    if settings is None or not settings.online_method:
+        return True
+    return settings.centroid_sampling or settings.online.offline_weight > 0
 
 
 class _Planner:
@@ -293,8 +315,14 @@ class _Planner:
         stage: TrainStage,
         pseudo: list[str] | None = None,
         init: str | None = None,
+        teacher: str | None = None,
+        unlabeled: list[DataSource] | None = None,
     ) -> ModelRef:
-        """Plan a training stage (or take its given checkpoint); returns its model."""
+        """Plan a training stage (or take its given checkpoint); returns its model.
+
+        ``teacher`` is the checkpoint of the model that labels for the student (an online
+        student's EMA teacher may start from it), ``unlabeled`` the sources an online student
+        reads itself."""
         if stage.checkpoint is not None:
             self.given(name, kind, kind, {"checkpoint": stage.checkpoint})
             return ModelRef(stage=name, checkpoint=stage.checkpoint)
@@ -308,13 +336,30 @@ class _Planner:
             values["init_checkpoint"] = init
         if kind == "finetune":
             values["mode"] = "finetune"
+        if unlabeled:
+            values["unlabeled"] = [source.model_dump() for source in unlabeled]
+        if stage.train.online_method and stage.train.online.teacher_start == "teacher":
+            values["online_teacher"] = teacher
         if kind == "control":
-            values["pseudo_per_real"] = 0.0
+            values |= _control_values(stage.train)
         spec_field = "student" if kind == "control" else kind
         config = _validated(TrainJobConfig, f"{spec_field}.train", values)
         checkpoint = str(RunFiles(self.output / name).best)
         self._add(name, kind, spec_field, "train", config, {"checkpoint": checkpoint})
         return ModelRef(stage=name, checkpoint=checkpoint)
+
+
+def _control_values(student: TrainSettings) -> dict:
+    """What makes a student's settings its labeled-only control: no pseudo labels; an online
+    student's control also takes only its real samples (the same steps of the same real batch:
+    an online step adds its unlabeled batch beside the real one)."""
+    values: dict = {"pseudo_per_real": 0.0}
+    if student.online_method:
+        values |= {"method": "offline", "online_teacher": None, "unlabeled": []}
+        if student.samples_per_epoch:
+            real, _ = split_counts(student.samples_per_epoch, student.pseudo_per_real)
+            values["samples_per_epoch"] = real
+    return values
 
 
 def _validated(cls: type[BaseModel], spec_field: str, values: dict) -> dict:

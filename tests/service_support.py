@@ -271,7 +271,9 @@ def live_run_spec(data: Path, name: str, teacher: dict | None = None, epochs: in
         "name": name,
         "teacher": teacher or {"train": train},
         "label": {"sources": [unlabeled], "options": {"batch_size": 4}},
-        "student": {"train": {**train, "pseudo_per_real": 1.0}},
+        # An online student (EMA teacher, strong views) whose crops centre on the store's
+        # centroids: one unlabeled crop beside each real one.
+        "student": {"train": {**train, "pseudo_per_real": 1.0, "method": "online"}},
     }
 
 

@@ -27,6 +27,7 @@ from service_support import (
 )
 
 from core.io import decode_image
+from core.labels import CITYSCAPES
 from services.artifacts import encode_png
 
 pytestmark = pytest.mark.slow
@@ -76,6 +77,9 @@ def test_run_over_rest_succeeds_and_predicts(live_service, finished_run, ray_hea
     assert student["latest_metrics"]["epoch"] == LIVE_EPOCHS - 1
     assert student["latest_metrics"]["loss"] > 0
     assert 0 <= student["latest_metrics"]["val_miou"] <= 1
+    # The student trained online: each epoch says how much of the unlabeled crops counted.
+    assert 0 <= student["latest_metrics"]["unlabeled_confident_share"] <= 1
+    assert set(student["latest_metrics"]["class_thresholds"]) == set(CITYSCAPES.names)
     label = run["stages"][1]
     assert label["summary"]["n_done"] == 8 and label["progress"]["done"] == 8
 

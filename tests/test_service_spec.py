@@ -184,3 +184,40 @@ def test_a_soft_label_student_plans_with_soft_label_jobs():
     by_name = {stage.name: stage for stage in plan_stages(spec, OUT)}
     assert by_name["label-0"].config["soft_labels"] is True
     assert by_name["student"].config["soft_labels"] is True
+
+
+ONLINE = {
+    **TRAIN,
+    "method": "online",
+    "centroid_sampling": False,
+    "pseudo_per_real": 1.0,
+    "samples_per_epoch": 40,
+    "online": {"teacher_start": "teacher"},
+}
+
+
+def test_an_online_student_reads_the_sources_itself_and_its_control_the_same_real_steps():
+    spec = _spec(student={"train": ONLINE, "init_from_teacher": True}, control=True, loops=1)
+    stages = plan_stages(spec, OUT)
+    # No label job: the online students read the unlabeled sources; each EMA teacher starts from
+    # the model before it.
+    assert [s.name for s in stages] == ["teacher", "control", "student", "loop1-student"]
+    by_name = {s.name: s for s in stages}
+    student = by_name["student"].config
+    assert student["pseudo"] == [] and student["unlabeled"][0]["root"] == "/data/a"
+    assert student["online_teacher"] == "/data/out/teacher/best.pt"
+    assert by_name["loop1-student"].config["online_teacher"] == "/data/out/student/best.pt"
+    # 40 samples at 1:1 are 20 real ones a student epoch: the control trains on those 20 real
+    # samples an epoch (the same steps of the same batches), offline, from the same start.
+    control = by_name["control"].config
+    assert control["method"] == "offline" and control["pseudo_per_real"] == 0.0
+    assert control["samples_per_epoch"] == 20 and control["unlabeled"] == []
+    assert control["init_checkpoint"] == student["init_checkpoint"] == "/data/out/teacher/best.pt"
+
+
+def test_an_online_student_with_centroid_crops_reads_label_stores():
+    spec = _spec(student={"train": {**ONLINE, "centroid_sampling": True}})
+    stages = plan_stages(spec, OUT)
+    assert [s.name for s in stages] == ["teacher", "label-0", "student"]
+    student = stages[-1].config
+    assert student["pseudo"] == ["/data/out/stores/label-0.zarr"] and student["unlabeled"] == []

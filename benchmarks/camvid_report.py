@@ -35,6 +35,8 @@ STUDENTS = (
     "control_cp_2k",
     "control_cp_8k",
     "online_cp",
+    "control_init_cp",
+    "online_init_cp",
 )
 # Each student's labeled-only control: the same real samples, start and budget, no pseudo labels.
 # `control` (from scratch, the students' plain settings) trains exactly as the teacher does; the
@@ -46,6 +48,7 @@ CONTROL_OF = {
     "centroid_7to1_init": "control_init",
     "levers_7to1_init": "control_init",
     "online_cp": "control_cp",
+    "online_init_cp": "control_init_cp",
 }
 VARIANTS = ("teacher", *STUDENTS)
 HEADLINE = "test"

@@ -6,7 +6,8 @@ Every training run (teacher or student) writes into ``<storage_path>/<run_name>/
   ``core.checkpoint.load_model``);
 - ``best.pt``: the model of the best epoch by validation mIoU; a run without a validation set keeps
   its latest model here too;
-- ``metrics.jsonl``: one ``MetricsRow`` per epoch, as JSON lines.
+- ``metrics.jsonl``: one ``MetricsRow`` per epoch, as JSON lines;
+- ``ema.pt``: an online student's EMA teacher after the latest epoch (model only; core.online).
 
 The training job writes these files, the control plane, the demo and the benchmarks read them:
 all of them through this module, so the names and the row's fields live in one place.
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
+EMA_FILE = "ema.pt"
 METRICS_FILE = "metrics.jsonl"
 
 log = logging.getLogger(__name__)
@@ -168,6 +170,10 @@ class RunFiles:
     @property
     def last(self) -> Path:
         return self.directory / LAST_FILE
+
+    @property
+    def ema(self) -> Path:
+        return self.directory / EMA_FILE
 
     @property
     def metrics(self) -> Path:

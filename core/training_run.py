@@ -267,9 +267,18 @@ class TrainingRun:
                 "online": None if self.online is None else self.online.state_dict(),
             },
         )
-        RunFiles.of(config.storage_path, config.run_name).write(
-            state_path, self.history, result.is_best
-        )
+        files = RunFiles.of(config.storage_path, config.run_name)
+        files.write(state_path, self.history, result.is_best)
+        if self.online is not None:
+            save_checkpoint(
+                files.ema,
+                self.online.teacher.model,
+                config.model,
+                config.model_options,
+                self.data.label_space,
+                result.plan.epoch + 1,
+                config=config.model_dump(mode="json"),
+            )
         return state_path
 
 

@@ -46,6 +46,7 @@ import numpy as np
 from pydantic import Field
 from tqdm import tqdm
 
+from core.checkpoint import load_model
 from core.configs import (
     AugmentConfig,
     DataSource,
@@ -55,11 +56,14 @@ from core.configs import (
     TrainJobConfig,
     TrainSettings,
 )
+from core.datasets import SegmentationDataset
 from core.errors import ConfigError
+from core.evaluate import evaluate
 from core.io import read_label
 from core.labels import CITYSCAPES_TRAIN_IDS, IGNORE_INDEX, LabelSpace
 from core.metrics import ConfusionMatrix
 from core.plan import LabelStage, PlannedStage, RunSpec, TrainStage, job_config, plan_stages
+from core.runfiles import RunFiles
 from core.store import LabelStore
 from core.synth import write_synthetic_dataset
 from selftrain.local import (
@@ -267,6 +271,27 @@ def pseudo_label_quality(store_path: str | Path, truth: Path) -> dict[str, dict]
     }
 
 
+def online_label_quality(checkpoint: str | Path, unlabeled: Path, truth: Path) -> dict[str, dict]:
+    """The labels a model (an online student's final EMA teacher) gives the unlabeled scenes,
+    against their true labels, per domain (``source``, ``target``): ``miou`` and
+    ``pixel_accuracy``."""
+    model, label_space, _ = load_model(checkpoint)
+    by_domain: dict[str, list[tuple[str, str]]] = {}
+    for image in sorted(unlabeled.rglob("*_leftImg8bit.png")):
+        city = image.parent.name  # synth_source or synth_target
+        name = image.name.replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+        by_domain.setdefault(city.removeprefix("synth_"), []).append(
+            (str(image), str(truth / city / name))
+        )
+    names = list(label_space.names)
+    result = {}
+    for domain, items in sorted(by_domain.items()):
+        dataset = SegmentationDataset(items, CITYSCAPES_TRAIN_IDS)
+        matrix = evaluate(model, dataset, label_space, mode="whole")
+        result[domain] = {k: v for k, v in matrix.to_dict(names).items() if k != "per_class_iou"}
+    return result
+
+
 def plan_demo(paths: DemoPaths, config: DemoConfig) -> list[PlannedStage]:
     """The demo's stages, planned as the control plane plans a run: the spec's paths resolved
     inside the work folder, the stages' outputs under ``runs/``."""
@@ -444,14 +469,38 @@ def run_demo(
         f"evaluating {', '.join(checkpoints)} on the held-out scenes ({scenes.n_test} per domain)",
         lambda: score(checkpoints, tests),
     )
-    store = next(stage.outputs["store"] for stage in planned if stage.kind == "label")
-    write_pseudo_label_picture(store, paths.picture, config.preview_rows)
+    store = next((stage.outputs["store"] for stage in planned if stage.kind == "label"), None)
+    if store is not None:
+        write_pseudo_label_picture(store, paths.picture, config.preview_rows)
     result = _results(config, paths, scores, checkpoints, store, counts)
-    result["pseudo_label_quality"] = pseudo_label_quality(store, paths.unlabeled_truth)
+    result["method"] = _method(config)
+    result["pseudo_label_quality"] = _label_quality(planned, store, paths)
     result["seconds"] = {**stages.seconds, "total": round(time.perf_counter() - start, 1)}
     paths.results.write_text(json.dumps(result, indent=2))
     _print_report(result, config, echo)
     return result
+
+
+def _method(config: DemoConfig) -> str:
+    """``online`` or ``offline``: how the demo's student learns from the unlabeled scenes."""
+    student = config.run.student.train
+    return student.method if student is not None else "offline"
+
+
+def _label_quality(
+    planned: list[PlannedStage], store: str | None, paths: DemoPaths
+) -> dict[str, dict]:
+    """The pseudo labels the student learned from, against the unlabeled scenes' true labels: an
+    offline student's label store; an online student's final EMA teacher's labels."""
+    if _student_stage(planned).config.get("method") == "online":
+        ema = RunFiles.of(paths.runs, _student_stage(planned).name).ema
+        return online_label_quality(ema, paths.unlabeled, paths.unlabeled_truth)
+    assert store is not None  # an offline student reads the label store
+    return pseudo_label_quality(store, paths.unlabeled_truth)
+
+
+def _student_stage(planned: list[PlannedStage]) -> PlannedStage:
+    return next(stage for stage in planned if stage.kind == "student")
 
 
 def _stage_title(stage: PlannedStage, scenes: DemoScenes) -> str:
@@ -465,6 +514,12 @@ def _stage_title(stage: PlannedStage, scenes: DemoScenes) -> str:
         return f"training the teacher ({job.model}) on {scenes.n_labeled} labeled scenes, {crops}"
     if stage.kind == "control":
         return f"training the control {start} on the labeled scenes only, {crops}"
+    if job.online_method:
+        return (
+            f"training the student {start} online: an EMA teacher labels weak views of the "
+            f"unlabeled scenes, the student learns them on strong views ({job.pseudo_per_real:.2g} "
+            f"unlabeled per real sample), {crops}"
+        )
     return (
         f"training the student {start} on real and pseudo labels ({job.pseudo_per_real:.2g} "
         f"pseudo per real sample, centroid sampling, {job.schedule.kind} crops "
@@ -477,7 +532,7 @@ def _results(
     paths: DemoPaths,
     scores: dict[str, dict],
     checkpoints: dict[str, str],
-    store: str,
+    store: str | None,
     counts: dict[str, int],
 ) -> dict:
     result = {}
@@ -490,8 +545,7 @@ def _results(
         "workdir": str(paths.workdir),
         "artifacts": {
             **{f"{model}_checkpoint": path for model, path in checkpoints.items()},
-            "label_store": store,
-            "pseudo_label_picture": str(paths.picture),
+            **({"label_store": store, "pseudo_label_picture": str(paths.picture)} if store else {}),
             "results": str(paths.results),
         },
         "scenes": counts,
@@ -537,8 +591,9 @@ def _verdict(result: dict, config: DemoConfig) -> str:
             f"labeled scenes only. The pseudo labels are worth {gain:+.1f} mIoU over it."
         )
     source = result.get("pseudo_label_quality", {}).get("source")
+    who = "final EMA teacher's" if result.get("method") == "online" else "teacher's"
     why = (
-        f" The teacher's labels of the unlabeled source scenes are {100 * source['miou']:.1f} mIoU "
+        f" The {who} labels of the unlabeled source scenes are {100 * source['miou']:.1f} mIoU "
         "against their true labels: the student learns the teacher's mistakes as truth, while the "
         "control sees only true labels."
         if source

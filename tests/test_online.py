@@ -292,6 +292,10 @@ def test_a_resumed_online_run_is_bitwise_the_uninterrupted_one(online_data):
     assert torch.equal(
         whole.online.thresholds.mean_confidence, resumed.online.thresholds.mean_confidence
     )
+    # The EMA teacher is published beside the student's checkpoints, loadable as a model.
+    ema = load_checkpoint(Path(config.storage_path) / "online" / "ema.pt")
+    for name, value in whole.online.teacher.state_dict().items():
+        assert torch.equal(value, ema["model"][name]), name
     rows = whole.history
     # Each epoch: 8 real samples in 2 steps of 4, beside 8 unlabeled ones.
     assert [(r.n_real, r.n_pseudo, r.steps) for r in rows] == [(8, 8, 2), (8, 8, 2)]

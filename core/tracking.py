@@ -123,6 +123,7 @@ class StageTracker:
         }
         if row.val_miou is not None:
             values["val_miou"] = row.val_miou
+        values |= online_metric_values(row)
         self.log_metrics(values, step=row.epoch)
 
     @_best_effort
@@ -212,3 +213,21 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def online_metric_values(row: MetricsRow) -> dict[str, float]:
+    """An online student's epoch as flat MLflow metrics: ``unlabeled_confident_share`` and, per
+    class, ``pseudo_class_share/<class>``, ``labeled_class_share/<class>`` and
+    ``class_threshold/<class>`` (empty for other runs)."""
+    values: dict[str, float] = {}
+    if row.unlabeled_confident_share is not None:
+        values["unlabeled_confident_share"] = row.unlabeled_confident_share
+    per_class = {
+        "pseudo_class_share": row.pseudo_class_share,
+        "labeled_class_share": row.labeled_class_share,
+        "class_threshold": row.class_thresholds,
+    }
+    for prefix, by_class in per_class.items():
+        for name, value in (by_class or {}).items():
+            values[f"{prefix}/{name}"] = value
+    return values

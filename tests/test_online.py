@@ -317,3 +317,44 @@ def test_an_online_student_trains_in_bf16(online_data):
         for v in run.online.teacher.model.state_dict().values()
         if v.is_floating_point()
     )
+
+
+def test_an_online_epoch_is_logged_to_mlflow_as_flat_metrics():
+    from core.runfiles import MetricsRow
+    from core.tracking import online_metric_values
+
+    row = MetricsRow(
+        epoch=0,
+        phase="joint",
+        loss=1.0,
+        lr=0.1,
+        crop_size=32,
+        batch_size=4,
+        n_real=8,
+        n_pseudo=8,
+        images_per_s=1.0,
+        seconds=1.0,
+        cpu_seconds=1.0,
+        unlabeled_confident_share=0.25,
+        pseudo_class_share={"road": 0.9, "traffic sign": 0.1},
+        labeled_class_share={"road": 0.8, "traffic sign": 0.2},
+        class_thresholds={"road": 0.95, "traffic sign": 0.7},
+    )
+    assert online_metric_values(row) == {
+        "unlabeled_confident_share": 0.25,
+        "pseudo_class_share/road": 0.9,
+        "pseudo_class_share/traffic sign": 0.1,
+        "labeled_class_share/road": 0.8,
+        "labeled_class_share/traffic sign": 0.2,
+        "class_threshold/road": 0.95,
+        "class_threshold/traffic sign": 0.7,
+    }
+    offline = row.model_copy(
+        update={
+            "unlabeled_confident_share": None,
+            "pseudo_class_share": None,
+            "labeled_class_share": None,
+            "class_thresholds": None,
+        }
+    )
+    assert online_metric_values(offline) == {}

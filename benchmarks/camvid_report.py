@@ -151,6 +151,16 @@ def aggregate(models: list[dict]) -> dict:
             "seeds": [m["seed"] for m in runs],
             "splits": splits,
             "rare_miou_mean": nanmean([m.get("rare_miou") for m in runs]),
+            "paired": {
+                ref: paired_interval(
+                    [
+                        m[f"delta_vs_{ref}"][HEADLINE]
+                        for m in runs
+                        if HEADLINE in m.get(f"delta_vs_{ref}", {})
+                    ]
+                )
+                for ref in ("teacher", "control")
+            },
             "rare_vs_teacher_mean": {
                 c: nanmean([d.get(c) for d in rare_deltas]) for c in (*RARE_CLASSES, "mean")
             },
@@ -165,6 +175,21 @@ def aggregate(models: list[dict]) -> dict:
             },
         }
     return out
+
+
+# Two-sided 95 % quantiles of Student's t by degrees of freedom (n - 1 paired seeds).
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def paired_interval(differences: list[float]) -> dict | None:
+    """Mean and 95 % confidence interval of paired differences (one per seed): the mean plus or
+    minus t(0.975, n - 1) times the standard error; None for fewer than two seeds."""
+    n = len(differences)
+    if n < 2:
+        return None
+    mean = float(np.mean(differences))
+    half = T_975.get(n - 1, 1.96) * float(np.std(differences, ddof=1)) / np.sqrt(n)
+    return {"n": n, "mean": mean, "low": mean - half, "high": mean + half}
 
 
 def rare_mean(per_class: dict[str, float | None]) -> float | None:

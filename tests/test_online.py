@@ -358,3 +358,18 @@ def test_an_online_epoch_is_logged_to_mlflow_as_flat_metrics():
         }
     )
     assert online_metric_values(offline) == {}
+
+
+def test_the_benchmark_reports_a_t_interval_of_paired_differences():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from camvid_report import paired_interval
+
+    # Differences 1, 2, 3: mean 2, sd 1, standard error 1/sqrt(3); t(0.975, 2) = 4.303.
+    interval = paired_interval([0.01, 0.02, 0.03])
+    half = 4.303 * 0.01 / np.sqrt(3)
+    assert interval == pytest.approx(
+        {"n": 3, "mean": 0.02, "low": 0.02 - half, "high": 0.02 + half}
+    )
+    assert paired_interval([0.5]) is None

@@ -18,11 +18,13 @@ from typing import TypeVar
 
 import ray
 from pydantic import BaseModel
+from ray.autoscaler.sdk import request_resources
 
 from core.configs import load_config
 from core.errors import SelfTrainError
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
+log = logging.getLogger(__name__)
 
 # How long a job on a cluster waits for nodes that can hold its workers (a node that restarts, a
 # pod being scheduled) before it fails with the reason; an embedded instance does not wait.
@@ -112,7 +114,8 @@ def require_resources(
     A cluster (``address``, else RAY_ADDRESS: see ``init_ray``) gets ``SELFTRAIN_RESOURCE_WAIT_S``
     (default 120) to get there; an embedded instance's nodes do not change, so it is asked once.
     Without the check a job would wait forever on a request that no node can meet (Ray only logs
-    it).
+    it). While it waits on a cluster it asks the autoscaler for the bundles (an autoscaling group
+    that starts at 0 nodes sees no demand before the job schedules its workers).
 
     Raises:
         UnsatisfiableResourcesError: The nodes cannot hold them, after the wait.
@@ -122,15 +125,35 @@ def require_resources(
         float(os.environ.get(RESOURCE_WAIT_ENV, DEFAULT_RESOURCE_WAIT_S)) if on_cluster else 0.0
     )
     deadline = time.monotonic() + wait_s
-    while True:
-        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-        problem = resource_problem(bundle, count, nodes, what)
-        if problem is None:
-            return
-        if time.monotonic() >= deadline:
-            waited = f" (waited {wait_s:.0f} s for nodes)" if wait_s else ""
-            raise UnsatisfiableResourcesError(problem + waited)
-        time.sleep(RESOURCE_POLL_S)
+    asked = False
+    try:
+        while True:
+            nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+            problem = resource_problem(bundle, count, nodes, what)
+            if problem is None:
+                return
+            if time.monotonic() >= deadline:
+                waited = f" (waited {wait_s:.0f} s for nodes)" if wait_s else ""
+                raise UnsatisfiableResourcesError(problem + waited)
+            if on_cluster:
+                # An autoscaling cluster grows only for demand it sees, and this check comes
+                # before any: ask for the bundles (again each poll: the request is one per
+                # cluster, and another job may have replaced it). Without an autoscaler, a no-op.
+                _ask_autoscaler([dict(bundle)] * count)
+                asked = True
+            time.sleep(RESOURCE_POLL_S)
+    finally:
+        if asked:  # the job's own demand holds the nodes from here; let them scale down after
+            _ask_autoscaler([])
+
+
+def _ask_autoscaler(bundles: list[dict[str, float]]) -> None:
+    """Ask the cluster's autoscaler to make room for ``bundles`` (replacing any earlier request).
+    Best effort: without an answer the job still waits for its nodes and fails with the reason."""
+    try:
+        request_resources(bundles=bundles)
+    except Exception as exc:  # an autoscaler API of another Ray version, a GCS hiccup
+        log.warning("could not ask the autoscaler for %s: %s", bundles or "nothing", exc)
 
 
 def resource_problem(

@@ -21,12 +21,14 @@ summary (``audit``), ``selftrain store-info`` prints and the REST API returns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from pydantic import BaseModel, Field
 
+from core.configs import DataSource
+from core.errors import DataError
 from core.labels import IGNORE_INDEX
 
 # Equal confidence bins from 0 to 1 for calibration (reliability diagram and ECE).
@@ -337,3 +339,54 @@ def summarize(
 
 def _bin_arrays(counts: AuditCounts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return counts.bin_pixels, counts.bin_correct, counts.bin_confidence
+
+
+def describe_source(source: DataSource) -> str:
+    """``format:root[:split]``: an audit source as the audit names it."""
+    split = f":{source.split}" if source.format not in ("folder", "paired") else ""
+    return f"{source.format}:{source.root}{split}"
+
+
+# A teacher's forward pass, as the label job runs it (core.label_shards.Predict).
+Predict = Callable[[list[np.ndarray]], list[tuple[np.ndarray, ...]]]
+# A labeled sample: (image (H, W, 3) uint8, train-id label (H, W) uint8, image path).
+ReadSample = Callable[[int], tuple[np.ndarray, np.ndarray, str]]
+
+
+def audit_samples(
+    read: ReadSample,
+    indices: Sequence[int],
+    predict: Predict,
+    num_classes: int,
+    batch_size: int = 4,
+    ignore_index: int = IGNORE_INDEX,
+) -> AuditCounts:
+    """Predict the labeled samples ``indices`` (``batch_size`` at a time) and count them.
+
+    A sample that cannot be read (a broken image or label, a label of another size) is left out
+    with its reason; every other one is counted.
+
+    Args:
+        read: Reads sample ``i`` (e.g. a core.datasets.SegmentationDataset's ``__getitem__``).
+        indices: The samples.
+        predict: The teacher's forward pass (the label job's, with the pool's settings).
+        num_classes: The teacher's classes.
+        batch_size: Images per model call.
+        ignore_index: The truth's "no class" value.
+    """
+    counts = AuditCounts(num_classes)
+    for first in range(0, len(indices), batch_size):
+        images, truths = [], []
+        for index in indices[first : first + batch_size]:
+            try:
+                image, truth, _ = read(int(index))
+            except DataError as exc:
+                counts.fail(exc.path, exc.problem)
+                continue
+            images.append(image)
+            truths.append(truth)
+        if not images:
+            continue
+        for (pseudo, confidence, *_), truth in zip(predict(images), truths, strict=True):
+            counts.update(pseudo, confidence, truth, ignore_index)
+    return counts

@@ -219,13 +219,8 @@ def stops_run(gate: GateSpec | None, found: Verdict | None) -> str | None:
     return f"{GATE_STOPPED}: loop {found.loop}'s student {found.student} was not promoted"
 
 
-def describe(found: Verdict) -> list[str]:
-    """The verdict as lines of text: the status, the table (mIoU in %), and the reasons."""
-    lines = [f"gate, loop {found.loop}: {found.student} {found.status.upper()}"]
-    lines.append(
-        f"  {'test':12s} {'teacher':>8s} {'control':>8s} {'student':>8s} {'vs t':>7s} "
-        f"{'vs c':>7s}  worst class"
-    )
+def table_lines(table: list[GateRow]) -> list[str]:
+    """The gate table as text: mIoU in %, the student's gains, the class that lost most."""
 
     def pct(value: float | None) -> str:
         return "     n/a" if value is None else f"{100 * value:8.1f}"
@@ -233,15 +228,24 @@ def describe(found: Verdict) -> list[str]:
     def gain(value: float | None) -> str:
         return "    n/a" if value is None else f"{100 * value:+7.1f}"
 
-    for row in found.table:
-        worst = (
-            ""
-            if row.worst_class is None
-            else f"{row.worst_class} {gain(-(row.worst_class_drop or 0))}"
-        )
+    lines = [
+        f"  {'test':12s} {'teacher':>8s} {'control':>8s} {'student':>8s} {'vs t':>7s} "
+        f"{'vs c':>7s}  worst class"
+    ]
+    for row in table:
+        worst = "" if row.worst_class is None else f"{row.worst_class} "
+        if row.worst_class_drop is not None:
+            worst += gain(-row.worst_class_drop).strip()
         lines.append(
             f"  {row.test:12s} {pct(row.teacher)} {pct(row.control)} {pct(row.student)} "
-            f"{gain(row.gain_over_teacher)} {gain(row.gain_over_control)}  {worst.strip()}"
+            f"{gain(row.gain_over_teacher)} {gain(row.gain_over_control)}  {worst}"
         )
+    return lines
+
+
+def describe(found: Verdict) -> list[str]:
+    """The verdict as lines of text: the status, the table, and the reasons."""
+    lines = [f"gate, loop {found.loop}: {found.student} {found.status.upper()}"]
+    lines += table_lines(found.table)
     lines += [f"  - {reason}" for reason in found.reasons]
     return lines

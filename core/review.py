@@ -29,26 +29,68 @@ import numpy as np
 from core.errors import ConfigError, DataError
 from core.io import read_image, write_image, write_label
 from core.label_export import relative_names
+from core.label_studio import IMAGE_TAG, brush_regions, labeling_config
 from core.labels import IGNORE_INDEX, LabelSpace
 from core.store import LabelStore
 
-ReviewOrder = Literal["lowest-confidence", "class-rarity"]
+ReviewOrder = Literal["lowest-confidence", "class-rarity", "disagreement"]
 ReviewFormat = Literal["cvat", "label-studio"]
 BACKGROUND = (0, 0, 0)  # CVAT's background: pixels without a class
-BRUSH, IMAGE_TAG = "label", "image"  # Label Studio tag names of the labeling config
+# Images a student checkpoint predicts to rank by disagreement, unless told otherwise.
+STUDENT_SCAN = 1024
 
 
-def select_for_review(store: LabelStore, n: int, order: ReviewOrder) -> list[int]:
-    """The ``n`` done images to review first, most urgent first."""
+def select_for_review(
+    store: LabelStore,
+    n: int,
+    order: ReviewOrder,
+    against: str | None = None,
+    student: str | None = None,
+    scan: int | None = None,
+) -> list[int]:
+    """The ``n`` done images to review first, most urgent first.
+
+    Args:
+        store: The label store.
+        n: How many.
+        order: ``lowest-confidence``, ``class-rarity``, or ``disagreement`` with another model:
+            the label store ``against`` (e.g. the next loop's, labeled by the student) or the
+            checkpoint ``student`` (run on ``scan`` images, default `STUDENT_SCAN`).
+        against: See ``order``.
+        student: See ``order``.
+        scan: Rank only this many done images, spread evenly over the store.
+    """
     done = store.done_indices()
+    if order == "disagreement" and student is not None:
+        scan = scan or STUDENT_SCAN
+    if scan is not None:
+        done = done[:: max(1, -(-len(done) // scan))]
     if order == "lowest-confidence":
-        means = mean_confidences(store, done)
-        ranked = done[np.argsort(means, kind="stable")]
+        ranked = done[np.argsort(mean_confidences(store, done), kind="stable")]
     elif order == "class-rarity":
         ranked = done[np.argsort(-rarity_scores(store, done), kind="stable")]
+    elif order == "disagreement":
+        ranked = done[np.argsort(-_disagreements(store, done, against, student), kind="stable")]
     else:
-        raise ConfigError(f"unknown review order {order!r}; use lowest-confidence or class-rarity")
+        raise ConfigError(
+            f"unknown review order {order!r}; use lowest-confidence, class-rarity or disagreement"
+        )
     return [int(i) for i in ranked[:n]]
+
+
+def _disagreements(
+    store: LabelStore, done: np.ndarray, against: str | None, student: str | None
+) -> np.ndarray:
+    """Each image's disagreement with the other model (images it did not label rank last)."""
+    from core.disagreement import model_disagreement, store_disagreement
+
+    if (against is None) == (student is None):
+        raise ConfigError("disagreement: give the other model as a store (against) or a student")
+    if against is not None:
+        scores = store_disagreement(store, LabelStore.open(against, read_only=True), done)
+    else:
+        scores = model_disagreement(store, done, str(student))
+    return np.nan_to_num(scores, nan=-1.0)
 
 
 def rarity_scores(store: LabelStore, indices: np.ndarray) -> np.ndarray:
@@ -100,15 +142,23 @@ def confidence_histograms(
 
 
 def export_review(
-    store_path: str | Path, out: str | Path, n: int, order: ReviewOrder, fmt: ReviewFormat
+    store_path: str | Path,
+    out: str | Path,
+    n: int,
+    order: ReviewOrder,
+    fmt: ReviewFormat,
+    **other: str | int | None,
 ) -> dict:
     """Write the ``n`` images to review first, with their pseudo labels, for ``fmt``'s tool.
+
+    Args:
+        other: ``against``, ``student``, ``scan`` of `select_for_review`.
 
     Returns:
         ``images`` (their store indices, in review order), ``out``, ``format``, ``files``.
     """
     store = LabelStore.open(store_path, read_only=True)
-    indices = select_for_review(store, n, order)
+    indices = select_for_review(store, n, order, **other)  # type: ignore[arg-type]
     out = Path(out)
     names = relative_names([store.image_path(i) for i in indices])
     stems = []
@@ -159,31 +209,11 @@ def _write_label_studio(
     store: LabelStore,
     order: ReviewOrder,
 ) -> list:
-    from label_studio_sdk.converter.brush import mask2rle
-
     space = store.label_space
     tasks = []
     for stem, name, index, label in zip(stems, names, indices, labels, strict=True):
-        height, width = label.shape
         image = f"images/{name.with_suffix(Path(store.image_path(index)).suffix)}"
-        result = [
-            {
-                "id": f"{index}-{c}",
-                "type": "brushlabels",
-                "from_name": BRUSH,
-                "to_name": IMAGE_TAG,
-                "original_width": width,
-                "original_height": height,
-                "image_rotation": 0,
-                "value": {
-                    "format": "rle",
-                    "rle": mask2rle(((label == c) * 255).astype(np.uint8)),
-                    "brushlabels": [space.names[c]],
-                },
-            }
-            for c in np.unique(label)
-            if c != space.ignore_index
-        ]
+        result = brush_regions(label, space.names, region_prefix=f"{index}-")
         tasks.append(
             {
                 "data": {IMAGE_TAG: f"/data/local-files/?d={image}", "selftrain_name": stem},
@@ -191,15 +221,7 @@ def _write_label_studio(
             }
         )
     (out / "tasks.json").write_text(json.dumps(tasks))
-    labels_xml = "".join(
-        f'<Label value="{n}" background="#{r:02x}{g:02x}{b:02x}"/>'
-        for n, (r, g, b) in zip(space.names, space.colors, strict=True)
-    )
-    config = (
-        f'<View><Image name="{IMAGE_TAG}" value="${IMAGE_TAG}"/>'
-        f'<BrushLabels name="{BRUSH}" toName="{IMAGE_TAG}">{labels_xml}</BrushLabels></View>'
-    )
-    (out / "labeling_config.xml").write_text(config + "\n")
+    (out / "labeling_config.xml").write_text(labeling_config(space) + "\n")
     return [str(out / "tasks.json"), str(out / "labeling_config.xml")]
 
 

@@ -565,6 +565,10 @@ class LabelStore:
             attributes["runs"] = runs
         self._group.update_attributes(attributes)
 
+    def set_audit(self, audit: dict) -> None:
+        """Record the teacher's audit (core.audit.Audit as JSON; driver only)."""
+        self._group.update_attributes({"audit": audit})
+
     def class_pixels(self) -> np.ndarray:
         """(C,) int64 pixels of each class over the done images (from the per-shard totals)."""
         return class_totals(self, self.statuses())[0]
@@ -590,6 +594,7 @@ class LabelStore:
             "teacher": self.teacher,
             "settings": self.settings,
             "progress": self.progress,
+            "audit": self._group.attrs.get("audit"),
         }
 
 

@@ -265,8 +265,31 @@ def run(config: LabelJobConfig, progress_bar: bool = True, step: ModelStep | Non
             numbers = {k: v for k, v in summary.items() if isinstance(v, int | float)}
             tracker.log_metrics(numbers)
             tracker.log_dict(labeling.store.summary(), "store_summary.json")
-            tracker.finish("FINISHED" if state == "finished" else "FAILED")
+            if not config.audit or state != "finished":  # else the audit's end finishes it
+                tracker.finish("FINISHED" if state == "finished" else "FAILED")
+    if config.audit:
+        summary["audit"] = _audit(config, labeling, step or teacher_step(config), tracker)
     return summary
+
+
+def _audit(config: LabelJobConfig, labeling: LabelingRun, step: ModelStep, tracker) -> dict:
+    """The audit (jobs/audit.py) after the pool is labeled; its headline numbers go to MLflow."""
+    from jobs.audit import recorded_audit, run_audit
+
+    try:
+        audit = recorded_audit(config, labeling.store) if not labeling.counts[DONE] else None
+        if audit is None:
+            init_ray(config.ray_address)
+            audit = run_audit(config, labeling.store, step)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish("FAILED")
+        raise
+    if tracker is not None:
+        tracker.log_metrics(audit.metrics())
+        tracker.log_dict(audit.model_dump(mode="json"), "audit.json")
+        tracker.finish("FINISHED")
+    return {"miou": audit.miou, "ece": audit.ece, "n_images": audit.n_images}
 
 
 def _label_dataset(

@@ -167,6 +167,31 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _cmd_promoted(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from core.gate import table_lines
+    from core.registry import folder_records, mlflow_records
+
+    if args.tracking_uri:
+        records, problems = mlflow_records(args.tracking_uri, args.name), []
+    else:
+        records, problems = folder_records(args.runs or ["."])
+    for problem in problems:
+        print(f"selftrain promoted: skipped {problem}", file=sys.stderr)
+    records = [r for r in records if args.name is None or r.name == args.name]
+    records.sort(key=lambda r: r.registered_at, reverse=True)
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json") for r in records]))
+        return 0
+    for r in records:
+        when = datetime.fromtimestamp(r.registered_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        print(f"{r.name}  {r.uri}  {when}  loop {r.loop}  {r.checkpoint}")
+        for line in table_lines(r.gate):
+            print(line)
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from services.serve import serve
 
@@ -223,7 +248,8 @@ def _cmd_store_export(args: argparse.Namespace) -> int:
 def _cmd_review_export(args: argparse.Namespace) -> int:
     from core.review import export_review
 
-    print(json.dumps(export_review(args.store, args.out, args.n, args.by, args.format)))
+    other = {"against": args.against, "student": args.student, "scan": args.scan}
+    print(json.dumps(export_review(args.store, args.out, args.n, args.by, args.format, **other)))
     return 0
 
 
@@ -403,8 +429,14 @@ def _add_review_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", required=True)
     p.add_argument("--n", type=int, default=100)
     p.add_argument(
-        "--by", choices=["lowest-confidence", "class-rarity"], default="lowest-confidence"
+        "--by",
+        choices=["lowest-confidence", "class-rarity", "disagreement"],
+        default="lowest-confidence",
+        help="disagreement: with another model, --against STORE or --student CHECKPOINT",
     )
+    p.add_argument("--against", help="a store of the same images (e.g. the next loop's)")
+    p.add_argument("--student", help="a checkpoint to predict --scan images with")
+    p.add_argument("--scan", type=int, help="rank only this many images, spread over the store")
     p.add_argument("--format", choices=["cvat", "label-studio"], required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_review_export)
@@ -442,6 +474,13 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
         help="score every trained model on this labeled set at the end (repeatable)",
     )
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("promoted", help="the promoted models and their gate tables")
+    p.add_argument("--name", help="only the models of this name")
+    p.add_argument("--runs", action="append", help="a run folder, or a folder of them (default: .)")
+    p.add_argument("--tracking-uri", help="read MLflow's Model Registry there instead")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_promoted)
 
     p = sub.add_parser("demo", help="teacher -> pseudo labels -> student on synthetic scenes")
     p.add_argument("--workdir", default="selftrain-demo", help="where data and results go")

@@ -20,11 +20,12 @@ from fastapi.staticfiles import StaticFiles
 from core.plan import SpecError, join_field
 from services.db import DatabaseUnavailableError
 from services.deadline import ClusterProbe, DeadlineBackend
-from services.deps import Service, ServiceDep, require_token
+from services.deps import Service, ServiceDep, require_token, require_token_or_basic
 from services.docs import add_docs
 from services.orchestrator import Orchestrator
 from services.ray_jobs import JobBackend, RayJobBackend
 from services.records import open_database
+from services.routes_label_studio import router as label_studio_router
 from services.routes_predict import router as predict_router
 from services.routes_results import router as results_router
 from services.routes_runs import router as runs_router
@@ -110,6 +111,12 @@ def create_app(
     protected.include_router(predict_router)
     protected.include_router(results_router)
     api.include_router(protected)
+    # Label Studio speaks basic auth to ML backends.
+    api.include_router(
+        label_studio_router,
+        dependencies=[Depends(require_token_or_basic)],
+        responses={401: {"description": "Missing or wrong token"}},
+    )
     app.include_router(api)
 
     add_docs(app)

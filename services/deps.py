@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import secrets
 import threading
 from collections.abc import Callable
@@ -67,4 +69,25 @@ def require_token(
             status.HTTP_401_UNAUTHORIZED,
             "missing or wrong bearer token",
             headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def require_token_or_basic(service: ServiceDep, request: Request) -> None:
+    """401 unless the request carries the bearer token, or HTTP basic auth whose password is the
+    token (how Label Studio authenticates to an ML backend; the user name is not checked)."""
+    expected = service.settings.api_token.get_secret_value().encode()
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    given = b""
+    if scheme.lower() == "bearer":
+        given = value.strip().encode()
+    elif scheme.lower() == "basic":
+        try:
+            given = base64.b64decode(value.strip(), validate=True).partition(b":")[2]
+        except (binascii.Error, ValueError):
+            given = b""
+    if not given or not secrets.compare_digest(given, expected):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or wrong token (bearer, or basic auth with the token as password)",
+            headers={"WWW-Authenticate": 'Basic realm="selftrain"'},
         )

@@ -96,6 +96,13 @@ def predict_label(
 ) -> np.ndarray:
     """The (H, W) uint8 train-id map of an RGB image, predicted on the image scaled to
     ``input_size`` (height, width; default: its own size) and scaled back (nearest)."""
+    return predict_label_confidence(model, image, input_size, device)[0]
+
+
+def predict_label_confidence(
+    model, image: np.ndarray, input_size: tuple[int, int] | None = None, device: str = "cpu"
+) -> tuple[np.ndarray, float]:
+    """`predict_label`, and the mean of the winning class's probability over the model's input."""
     import cv2
     import torch
 
@@ -105,10 +112,10 @@ def predict_label(
     if input_size is not None and input_size != (height, width):
         image = cv2.resize(image, input_size[::-1], interpolation=cv2.INTER_AREA)
     with torch.inference_mode():
-        label, _ = predict(model, image, mode="whole", device=device)
+        label, confidence = predict(model, image, mode="whole", device=device)
     if label.shape != (height, width):
         label = cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
-    return label
+    return label, float(confidence.mean())
 
 
 def label_png(label: np.ndarray) -> bytes:

@@ -38,13 +38,13 @@ MIN_SIDE = 8
             },
         },
         400: {"description": "Not a decodable image, or too small"},
-        404: {"description": "No such run"},
+        404: {"description": "No such run, or nothing promoted under that model name"},
         409: {"description": "The run has no trained model yet"},
         413: {
             "description": "Upload too large, an image header declaring too many pixels, or an "
             "image that costs too much memory or has too extreme an aspect ratio"
         },
-        422: {"description": "Neither or both of run_id and checkpoint, or a bad checkpoint"},
+        422: {"description": "Not one of run_id, checkpoint and model, or a bad checkpoint"},
         503: {
             "description": "Busy: the wait for a prediction slot was too long, or too many "
             "requests wait already; try again (Retry-After)"
@@ -57,9 +57,13 @@ def predict(
     run_id: Annotated[str | None, Form(max_length=32)] = None,
     checkpoint: Annotated[str | None, Form(max_length=4096)] = None,
     output: Annotated[Output, Form()] = "label",
+    model: Annotated[
+        str | None, Form(max_length=100, description="The latest promoted model of this name")
+    ] = None,
 ) -> Response:
-    """Predict the classes of an image with the last model a run trained, or a checkpoint file
-    (inside the data roots or the workdir); the model stays loaded for the next request.
+    """Predict the classes of an image with the last model a run trained, a checkpoint file
+    (inside the data roots or the workdir), or the latest promoted model of a name (``model``);
+    the model stays loaded for the next request.
 
     The image's size is read from its header and its cost checked before anything is decoded
     (core.image_cost): the model reads it scaled down when its longest side, its pixels or its
@@ -77,7 +81,7 @@ def predict(
         raise HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE, f"upload over {settings.max_upload_bytes} bytes"
         )
-    path = _checkpoint_path(service, run_id, checkpoint)
+    path = _checkpoint_path(service, run_id, checkpoint, model)
     name = image.filename or "upload"
     size = _check_header(data, name, settings.max_image_pixels)
     if not service.predict_waiting.acquire(blocking=False):
@@ -203,9 +207,15 @@ def _decode(data: bytes, name: str, size: tuple[int, int]):
     return pixels
 
 
-def _checkpoint_path(service: Service, run_id: str | None, checkpoint: str | None) -> Path:
-    if (run_id is None) == (checkpoint is None):
-        raise _unprocessable("run_id", "give either run_id or checkpoint")
+def _checkpoint_path(
+    service: Service, run_id: str | None, checkpoint: str | None, model: str | None = None
+) -> Path:
+    if sum(value is not None for value in (run_id, checkpoint, model)) != 1:
+        raise _unprocessable("run_id", "give one of run_id, checkpoint or model")
+    if model is not None:  # the latest promoted model of that name (services.registry)
+        from services.registry import latest_checkpoint
+
+        checkpoint = str(latest_checkpoint(service, model))
     if checkpoint is not None:
         try:
             return check_readable_path(checkpoint, service.settings.allowed_roots, "checkpoint")

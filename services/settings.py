@@ -63,6 +63,9 @@ class Settings(BaseSettings):
         tracking_ui: The MLflow UI's address for the dashboard's links; default: the tracking URI
             when it is an HTTP server (none for the SQLite default: ``mlflow ui
             --backend-store-uri sqlite:///<workdir>/mlflow.db`` serves it, then set this).
+        label_studio_url: The Label Studio whose uploaded images the ML backend may download
+            (services/routes_label_studio.py); None: only its local files are read.
+        label_studio_api_key: Its API token, for those downloads.
     """
 
     model_config = SettingsConfigDict(env_prefix="SELFTRAIN_", extra="ignore")
@@ -93,6 +96,8 @@ class Settings(BaseSettings):
     predict_queue: int = Field(default=32, gt=0, le=1024)
     tracking_uri: str | None = Field(default=None, max_length=2000)
     tracking_ui: str | None = Field(default=None, max_length=2000)
+    label_studio_url: str | None = Field(default=None, max_length=2000)
+    label_studio_api_key: SecretStr | None = None
 
     @model_validator(mode="after")
     def _resolve(self) -> Settings:
@@ -103,6 +108,7 @@ class Settings(BaseSettings):
         self.ray_address = self.ray_address or None
         self.tracking_uri = self.tracking_uri or None
         self.tracking_ui = self.tracking_ui or None
+        self.label_studio_url = self.label_studio_url or None
         if self.database_url is None:
             self.database_url = f"sqlite:///{self.workdir / 'service.db'}"
         if not self.data_roots:

@@ -242,6 +242,10 @@ def run(config: LabelJobConfig, progress_bar: bool = True, step: ModelStep | Non
     """
     check_job_paths(config)
     labeling = LabelingRun.start(config)
+    if config.audit:  # a misconfigured audit fails before the pool is labeled, not after
+        from jobs.audit import audit_chunks
+
+        audit_chunks(config, list(labeling.store.label_space.names))
     tracker = stage_tracker(config)
     if tracker is not None:
         tracker.log_params(config.model_dump(mode="json", exclude={"tracking"}))

@@ -277,6 +277,26 @@ def live_run_spec(data: Path, name: str, teacher: dict | None = None, epochs: in
     }
 
 
+def live_gated_spec(data: Path, name: str, min_gain: float = 0.0) -> dict:
+    """``live_run_spec`` with everything a run can tell about itself: an audit set for the label
+    stage, the labeled-only control, an evaluation on held-out scenes and a promotion gate (the
+    scenes of ``write_gate_data``)."""
+    spec = live_run_spec(data, name)
+    spec["student"]["train"]["samples_per_epoch"] = 16
+    spec["label"]["audit"] = [{"format": "cityscapes", "root": str(data / "audit"), "split": "val"}]
+    held = {"format": "cityscapes", "root": str(data / "held"), "split": "test"}
+    spec["evaluation"] = {"tests": {"held": held}}
+    spec["control"] = True
+    spec["gate"] = {"min_gain": min_gain, "max_class_drop": 0.2, "model_name": name}
+    return spec
+
+
+def write_gate_data(data: Path) -> None:
+    """Four labeled audit scenes and four held-out test scenes (for ``live_gated_spec``)."""
+    write_scenes(data / "audit", n=4, size=LIVE_IMAGE_SIZE, split="val")
+    write_scenes(data / "held", n=4, size=LIVE_IMAGE_SIZE, split="test")
+
+
 def write_live_data(data: Path) -> list[Path]:
     """Eight labeled and eight unlabeled scenes; returns the labeled images."""
     write_scenes(data / "unlabeled", n=8, size=LIVE_IMAGE_SIZE, split="extra")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from core.evaluation import Evaluation, ModelScores, HeldOutScore
+from core.evaluation import Evaluation, HeldOutScore, ModelScores
 from core.evaluation_run import EvaluateJobConfig
 from core.gate import GateSpec, verdict
 from core.plan import RunSpec, job_config, plan_stages
@@ -73,6 +73,7 @@ def test_a_missing_control_fails_the_gate_rather_than_passing_it():
     assert found.reasons == ["held: no labeled-only control to compare with"]
 
 
+HELD = {"format": "cityscapes", "root": "/data/t", "split": "test"}
 TRAIN = {
     "labeled": {"format": "cityscapes", "root": "/data/synth", "split": "train"},
     "epochs": 2,
@@ -90,7 +91,7 @@ def spec(**extra) -> dict:
         },
         "student": {"train": TRAIN, "init_from_teacher": True},
         "control": True,
-        "evaluation": {"tests": {"held": {"format": "cityscapes", "root": "/data/t", "split": "test"}}},
+        "evaluation": {"tests": {"held": {**HELD}}},
         "gate": {"min_gain": 0.01},
         **extra,
     }

@@ -75,6 +75,9 @@ def test_a_gated_run_ends_with_its_verdict_and_the_promoted_student_is_listed(cl
     assert (registration["name"], registration["registry"]) == ("street", "run folder")
     record = read_record(record_path(run["output"], 0))
     assert record.checkpoint == str(Path(run["output"]) / "student" / "best.pt")
+    # The export extra is installed here: the promoted model comes with its ONNX file.
+    assert record.onnx == str(record_path(run["output"], 0).with_suffix(".onnx"))
+    assert Path(record.onnx).stat().st_size > 0 and record.notes == []
     assert [a["stage"] for a in results["audits"]] == ["label-0"]
 
     listed = client.get("/api/models", headers=AUTH, params={"name": "street"}).json()

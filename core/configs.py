@@ -242,12 +242,14 @@ class LabelJobConfig(LabelSettings):
         """``(field, path)`` of every file or folder the job reads or writes."""
         return [
             ("teacher_checkpoint", self.teacher_checkpoint),
-            *_source_paths("source", self.source),
+            *source_paths("source", self.source),
             ("store", self.store),
+            *[p for i, a in enumerate(self.audit) for p in source_paths(f"audit.{i}", a)],
         ]
 
 
-def _source_paths(field: str, source: DataSource | None) -> list[tuple[str, str]]:
+def source_paths(field: str, source: DataSource | None) -> list[tuple[str, str]]:
+    """``(field, path)`` of a source's root and list file (for a job's ``paths``)."""
     if source is None:
         return []
     paths = [(f"{field}.root", source.root)]
@@ -569,8 +571,8 @@ class TrainJobConfig(TrainSettings):
 
         return [
             ("storage_path", str(Path(self.storage_path) / self.run_name)),
-            *_source_paths("labeled", self.labeled),
-            *_source_paths("val", self.val),
+            *source_paths("labeled", self.labeled),
+            *source_paths("val", self.val),
             *[(f"pseudo.{i}", store) for i, store in enumerate(self.pseudo)],
             *([("init_checkpoint", self.init_checkpoint)] if self.init_checkpoint else []),
             *[(f"model_options.{k}", v) for k, v in weights_files(self.model_options)],

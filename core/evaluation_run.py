@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from core.configs import DataSource, TrackingSettings
+from core.configs import DataSource, TrackingSettings, source_paths
 from core.drift import audit_of
 from core.errors import DataError
 from core.evaluation import Evaluation, EvaluationSettings, ModelRef, ModelRole, evaluate_models
@@ -72,6 +72,18 @@ class EvaluateJobConfig(EvaluationSettings):
     export: bool = True
     ray_address: str | None = None
     tracking: TrackingSettings | None = None
+    allowed_roots: list[str] | None = Field(default=None, max_length=64)
+
+    def paths(self) -> list[tuple[str, str]]:
+        """``(field, path)`` of every file or folder the job reads or writes (core.confine)."""
+        models = [("teacher", self.teacher), ("control", self.control), ("student", self.student)]
+        return [
+            *[(f"{role}.checkpoint", ref.checkpoint) for role, ref in models if ref is not None],
+            *[p for name, test in self.tests.items() for p in source_paths(f"tests.{name}", test)],
+            *[(f"stores.{i}", store) for i, store in enumerate(self.stores)],
+            ("report", self.report),
+            ("run_folder", self.run_folder),
+        ]
 
     def tracking_key(self) -> tuple[str, str]:
         """The key that finds the stage's MLflow run again (its report file) and the run's name."""

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from core.confine import read_regular
 from core.errors import DataError
 from core.gate import GateRow
 
@@ -85,23 +85,16 @@ def write_record(registration: Registration) -> Path:
 
 
 def read_json_file(path: str | Path, max_bytes: int = MAX_RECORD_BYTES) -> Any:
-    """The JSON in a regular file of at most ``max_bytes`` (links followed, then checked).
+    """The JSON in a regular file of at most ``max_bytes``, read without following a link
+    (core.confine.read_regular).
 
     Raises:
-        DataError: Missing, not a regular file, too large, not UTF-8 or not JSON.
+        DataError: Missing, a link, not a regular file, too large, not UTF-8 or not JSON.
     """
-    path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the reader
-    except OSError as exc:
-        raise DataError(path, f"cannot open ({exc.strerror})") from exc
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise DataError(path, "not a regular file")
-        data = file.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise DataError(path, f"larger than {max_bytes} bytes")
+        data = read_regular(path, max_bytes)
+    except FileNotFoundError as exc:
+        raise DataError(path, "does not exist") from exc
     try:
         return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import ray
 
+from core.confine import check_job_paths
 from core.evaluation_run import EvaluateJobConfig, run_evaluation
 from core.tracking import stage_tracker
 from jobs.ray_entry import exit_code, init_ray, parse_config, require_resources
@@ -43,7 +44,13 @@ def _evaluate_task(config: EvaluateJobConfig) -> dict:
 
 
 def run(config: EvaluateJobConfig) -> dict:
-    """Run the evaluation in a Ray task with the config's resources; returns the report."""
+    """Run the evaluation in a Ray task with the config's resources; returns the report.
+
+    Raises:
+        PathNotAllowedError: A path of the config lies outside its ``allowed_roots`` or is
+            reached through a link now (checked again here, before anything is opened).
+    """
+    check_job_paths(config)
     init_ray(config.ray_address)
     bundle = {"CPU": config.cpus} | ({"GPU": config.gpus} if config.gpus else {})
     require_resources(bundle, 1, "evaluation task", config.ray_address)

@@ -36,7 +36,11 @@ STUDENTS = (
     "control_cp_8k",
     "online_cp",
     "control_init_cp",
+    "control_init_cp_1k",
+    "control_init_cp_4k",
+    "control_init_cp_8k",
     "online_init_cp",
+    "online_init_cp_4k",
 )
 # Each student's labeled-only control: the same real samples, start and budget, no pseudo labels.
 # `control` (from scratch, the students' plain settings) trains exactly as the teacher does; the
@@ -49,6 +53,7 @@ CONTROL_OF = {
     "levers_7to1_init": "control_init",
     "online_cp": "control_cp",
     "online_init_cp": "control_init_cp",
+    "online_init_cp_4k": "control_init_cp_4k",
 }
 VARIANTS = ("teacher", *STUDENTS)
 HEADLINE = "test"

@@ -55,6 +55,17 @@ CONTROL_OF = {
     "online_init_cp": "control_init_cp",
     "online_init_cp_4k": "control_init_cp_4k",
 }
+# Controls trained at several budgets: the curve that shows whether the compared budget has
+# reached the labeled data's plateau.
+CURVES = {
+    "control_cp": ("control_cp_1k", "control_cp_2k", "control_cp", "control_cp_8k"),
+    "control_init_cp": (
+        "control_init_cp_1k",
+        "control_init_cp",
+        "control_init_cp_4k",
+        "control_init_cp_8k",
+    ),
+}
 VARIANTS = ("teacher", *STUDENTS)
 HEADLINE = "test"
 TRANSDUCTIVE = "val"
@@ -284,11 +295,50 @@ def markdown_report(summary: dict) -> str:
         lines += ["", f"### Per-class IoU on `{split}`{note}", ""]
         lines += per_class_table(by_variant, split)
 
+    lines += ["", f"### Paired differences on `{HEADLINE}` (mean and 95 % interval over seeds)", ""]
+    lines += paired_table(by_variant)
+    for control, curve in CURVES.items():
+        if any(name in by_variant for name in curve):
+            lines += ["", f"### Learning curve of `{control}` on `{HEADLINE}`", ""]
+            lines += curve_table(by_variant, curve)
     lines += ["", "### Every run", ""]
     lines += every_run_table(summary["models"], split_names)
     lines += ["", *pseudo_label_tables(summary["pseudo_labels"], by_variant)]
     lines += ["", *wall_times(summary), "", *commands(summary), ""]
     return "\n".join(lines)
+
+
+def paired_table(by_variant: dict) -> list[str]:
+    """Each variant's paired differences to the teacher and to its control: mean and the 95 %
+    t-interval over seeds (``paired_interval``)."""
+    lines = table_header(
+        ["model", "seeds", "Δ T mean", "Δ T 95 % interval", "Δ C mean", "Δ C 95 % interval"]
+    )
+    for name, v in by_variant.items():
+        cells = [name, str(len(v["seeds"]))]
+        for ref in ("teacher", "control"):
+            interval = v.get("paired", {}).get(ref)
+            if interval is None:
+                cells += ["", ""]
+            else:
+                low, high = signed(interval["low"]), signed(interval["high"])
+                cells += [signed(interval["mean"]), f"[{low}, {high}]"]
+        lines.append(table_row(cells))
+    return lines
+
+
+def curve_table(by_variant: dict, curve: tuple[str, ...]) -> list[str]:
+    """A control's test mIoU at each budget of its curve (mean ± sd over seeds)."""
+    lines = table_header(["model", "steps", f"{HEADLINE} mIoU", "rare", "seeds"])
+    for name in curve:
+        v = by_variant.get(name)
+        if v is None:
+            continue
+        s = v["splits"][HEADLINE]
+        spread = f" ± {100 * s['miou_std']:.1f}" if s["miou_std"] is not None else ""
+        cells = [name, str(v["steps"]), f"{100 * s['miou_mean']:.1f}{spread}"]
+        lines.append(table_row([*cells, percent(v["rare_miou_mean"]), str(len(v["seeds"]))]))
+    return lines
 
 
 def describe_splits(data: dict) -> list[str]:

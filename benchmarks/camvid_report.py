@@ -41,6 +41,7 @@ STUDENTS = (
     "control_init_cp_8k",
     "online_init_cp",
     "online_init_cp_4k",
+    "online_init_fp",
 )
 # Each student's labeled-only control: the same real samples, start and budget, no pseudo labels.
 # `control` (from scratch, the students' plain settings) trains exactly as the teacher does; the
@@ -54,6 +55,7 @@ CONTROL_OF = {
     "online_cp": "control_cp",
     "online_init_cp": "control_init_cp",
     "online_init_cp_4k": "control_init_cp_4k",
+    "online_init_fp": "control_init_cp",
 }
 # Controls trained at several budgets: the curve that shows whether the compared budget has
 # reached the labeled data's plateau.

@@ -286,7 +286,9 @@ def train_and_evaluate(
     files = RunFiles.of(config.storage_path, config.run_name)
     record: dict = {"model": name, "seed": seed, "scale": scale, **describe_config(config)}
     # The job would resume the old run under the new config (or just return it as it is).
-    changed = config_path.is_file() and load_config(config_path, TrainJobConfig) != config
+    changed = config_path.is_file() and not same_training(
+        load_config(config_path, TrainJobConfig), config
+    )
     if files.directory.exists() and changed:
         record["error"] = (
             f"{name}: config changed since {files.directory} was trained; use a new --workdir"
@@ -322,6 +324,22 @@ def train_and_evaluate(
     except JobError as exc:
         record["error"] = str(exc)
     return record
+
+
+def same_training(a: TrainJobConfig, b: TrainJobConfig) -> bool:
+    """Whether two configs train the same run: equal but for where their labeled-list files
+    lie, when those files hold the same lines (another checkout of the repository)."""
+
+    def without_lists(config: TrainJobConfig) -> tuple[dict, list[str | None]]:
+        data = config.model_dump()
+        lists = []
+        for key in ("labeled", "val"):
+            if data[key] is not None:
+                path = data[key].pop("subset_list")
+                lists.append(None if path is None else Path(path).read_text())
+        return data, lists
+
+    return without_lists(a) == without_lists(b)
 
 
 def resolve_train_config(

@@ -233,8 +233,18 @@ class LocalRayHead:
         later ``start`` brings a fresh head up on the same ports with the same token."""
         process, self.process = self.process, None
         if process is not None:
+            # Ray's workers (job drivers, actors) put themselves in process groups of their own:
+            # left running, they would reconnect to the next head on the same ports and ask it
+            # for what the lost one had (a failed runtime env it then caches for every job).
+            # Frozen first, so that no worker starts (or loses its parent) while we look.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGSTOP)
+            tree = descendants(process.pid)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
+            for pid in tree:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             process.wait()
 
     def __enter__(self) -> LocalRayHead:
@@ -249,3 +259,23 @@ def _die_with_parent() -> None:
     # the head gets SIGTERM and Ray's own fate sharing takes its daemons down with it.
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), from Linux's /proc; empty
+    where there is no /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found

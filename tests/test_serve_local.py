@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -23,7 +24,14 @@ from service_support import (
     write_live_data,
 )
 
-from services.localray import PORT_OPTIONS, LocalRayError, LocalRayHead, port_open, ray_command
+from services.localray import (
+    PORT_OPTIONS,
+    LocalRayError,
+    LocalRayHead,
+    descendants,
+    port_open,
+    ray_command,
+)
 from services.serve import dashboard_url, read_settings
 
 HEAD_LINE = re.compile(r"local Ray head: jobs at http://127.0.0.1:(\d+), GCS port (\d+)")
@@ -169,3 +177,31 @@ def test_serve_without_ray_address_runs_a_run_and_stops_its_head(local_service):
         time.sleep(0.2)
     assert [pid for pid in head_processes if _running(pid)] == []
     assert not port_open(gcs_port) and not port_open(jobs_port)
+
+
+def test_the_processes_below_a_process_are_its_children_and_theirs():
+    # bash -> (sleep, bash -> sleep): three processes below the first, in groups of their own
+    # like Ray's workers, which a kill of the head's group alone would leave running.
+    script = "setsid sleep 30 & bash -c 'sleep 30 & wait' & wait"
+    top = subprocess.Popen(["bash", "-c", script])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            names = sorted(_command_name(pid) for pid in descendants(top.pid))
+            if names.count("sleep") == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        # setsid execs sleep in place (or forks it first): one to two processes for it.
+        assert names.count("sleep") == 2 and names.count("bash") == 1, names
+    finally:
+        for pid in descendants(top.pid):
+            os.kill(pid, signal.SIGKILL)
+        top.kill()
+        top.wait()
+
+
+def _command_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "ended"

@@ -1,5 +1,5 @@
 """Chaos on a real Ray head (``ray start --head``) and the real service (``selftrain serve``),
-talking REST only: five runs at once, four that can run and one that asks for a GPU this CPU-only
+talking REST only: three runs at once, two that can run and one that asks for a GPU this CPU-only
 head does not have; the head is killed (SIGKILL of its whole process group, as a crash of its
 machine) mid-run and started again on the same ports; then the service is killed and started again.
 
@@ -30,7 +30,8 @@ from services.localray import LocalRayError, LocalRayHead, ray_command
 
 pytestmark = pytest.mark.slow
 
-RUNS = 4
+# Two runs side by side show that each keeps to its own folder; benchmarks/chaos.py runs more.
+RUNS = 2
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -67,7 +68,7 @@ def test_runs_survive_a_lost_head_and_a_killed_service(tmp_path, head):
         gpu_spec["teacher"]["train"]["gpus_per_worker"] = 1.0
         gpu_run = service.json("POST", "/api/runs", gpu_spec)["id"]
 
-        # Mid-run: some job of the four is running on the head.
+        # Mid-run: some job of the two is running on the head.
         wait_for(service, run_ids, lambda runs: any(running(r) for r in runs), STAGE_TIMEOUT_S)
         head.kill()
         health = wait_for_health(service, lambda h: h["status"] == "degraded", 60)
@@ -105,7 +106,7 @@ def test_runs_survive_a_lost_head_and_a_killed_service(tmp_path, head):
         for stage in run["stages"]:
             for path in stage["outputs"].values():
                 assert Path(path).is_relative_to(own), (run["id"], path)
-    # Each job the crash lost was submitted again and resumed: all four finish.
+    # Each job the crash lost was submitted again and resumed: both finish.
     assert [run["status"] for run in by_id.values()] == ["SUCCEEDED"] * RUNS, json.dumps(
         [(r["status"], r["error"]) for r in by_id.values()]
     )

@@ -37,10 +37,12 @@ from services.localray import LocalRayError, LocalRayHead, ray_command
 # stop them after the last test that uses them.
 _LAST_LIVE_TEST = pytest.StashKey["pytest.Item | None"]()
 _live_cleanups: list[Callable[[], object]] = []
+LIVE_FIXTURES = {"live_service", "finished_run"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    users = [item for item in items if "ray_head" in getattr(item, "fixturenames", ())]
+    # The live service's users (not "ray_head" alone: a test file may name a fixture of its own so).
+    users = [item for item in items if LIVE_FIXTURES & set(getattr(item, "fixturenames", ()))]
     config.stash[_LAST_LIVE_TEST] = users[-1] if users else None
 
 

@@ -1,6 +1,6 @@
 """Chaos on a real Ray head (``ray start --head``) and the real service (``selftrain serve``),
 talking REST only: three runs at once, two that can run and one that asks for a GPU this CPU-only
-head does not have; the head is killed (SIGKILL of its whole process group, as a crash of its
+head does not have; the head is killed (SIGKILL of every process below it, as a crash of its
 machine) mid-run and started again on the same ports; then the service is killed and started again.
 
 Every run must end SUCCEEDED or FAILED with a reason (the GPU run: FAILED, naming the GPU), each

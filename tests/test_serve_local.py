@@ -180,8 +180,7 @@ def test_serve_without_ray_address_runs_a_run_and_stops_its_head(local_service):
 
 
 def test_the_processes_below_a_process_are_its_children_and_theirs():
-    # bash -> (sleep, bash -> sleep): three processes below the first, in groups of their own
-    # like Ray's workers, which a kill of the head's group alone would leave running.
+    # bash -> (sleep in a session of its own, bash -> sleep): three processes below the first.
     script = "setsid sleep 30 & bash -c 'sleep 30 & wait' & wait"
     top = subprocess.Popen(["bash", "-c", script])
     try:
@@ -205,3 +204,31 @@ def _command_name(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return "ended"
+
+
+def test_a_killed_head_takes_a_process_of_another_session_below_it_along():
+    # A Ray worker leaves the head's process group; a kill of that group alone left it running.
+    head = LocalRayHead(num_cpus=1)
+    head.process = subprocess.Popen(
+        ["bash", "-c", "setsid sleep 30 & wait"], start_new_session=True
+    )
+    deadline = time.monotonic() + 10
+    while not (apart := _outside_group(head.process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(apart) == 1
+    head.kill()
+    while _running(apart[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(apart[0])
+
+
+def _outside_group(pid: int) -> list[int]:
+    """The processes below ``pid`` that left its process group."""
+    apart = []
+    for child in descendants(pid):
+        try:
+            if os.getpgid(child) != pid:
+                apart.append(child)
+        except ProcessLookupError:
+            pass
+    return apart

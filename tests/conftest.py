@@ -28,6 +28,7 @@ from service_support import (
     succeeded,
     write_live_data,
 )
+from xdist.scheduler import LoadScopeScheduling
 
 from services.localray import LocalRayError, LocalRayHead, ray_command
 
@@ -40,9 +41,68 @@ _live_cleanups: list[Callable[[], object]] = []
 LIVE_FIXTURES = {"live_service", "finished_run"}
 
 
+# The slowest test files and the seconds each took on the 2-core machine (two xdist workers, load
+# 5-7, 2026-12). Tests run file by file on two pytest-xdist workers, the longest files first, so
+# that a long one does not start last and leave the other worker idle at the end.
+SLOW_FILES = {
+    "test_two_nodes.py": 443,
+    "test_local_run.py": 374,
+    "test_train_job.py": 370,
+    "test_chaos.py": 311,
+    "test_service_e2e.py": 300,
+    "test_dashboard.py": 250,
+    "test_dashboard_actions.py": 250,
+    "test_gpu_bench.py": 251,
+    "test_label_job.py": 250,
+    "test_label_job_kill.py": 240,
+    "test_demo.py": 205,
+    "test_smp.py": 136,
+    "test_label_job_submit.py": 86,
+    "test_train_job_submit.py": 78,
+    "test_serve_local.py": 65,
+    "test_cli.py": 57,
+    "test_job_errors.py": 40,
+    "test_label_export.py": 38,
+}
+# The files whose tests use the live service run on one worker, one after another, so that the
+# service and its run start once.
+LIVE_FILES = ("test_dashboard.py", "test_dashboard_actions.py", "test_service_e2e.py")
+
+
+def work_unit(path: str) -> str:
+    """What one worker runs in one go: a test file, or all of LIVE_FILES."""
+    return "live service" if Path(path).name in LIVE_FILES else path
+
+
+class FileScheduling(LoadScopeScheduling):
+    """pytest-xdist's scheduling by scope, with work_unit as the scope (its ``loadgroup`` cannot
+    be used: it renames test ids, which pytest 9 no longer allows)."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return work_unit(nodeid.split("::", 1)[0])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> FileScheduling:
+    return FileScheduling(config, log)
+
+
+def uses_live_service(item: pytest.Item) -> bool:
+    # Not "ray_head" alone: a test file may name a fixture of its own so.
+    return bool(LIVE_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # The live service's users (not "ray_head" alone: a test file may name a fixture of its own so).
-    users = [item for item in items if LIVE_FIXTURES & set(getattr(item, "fixturenames", ()))]
+    strays = sorted({item.path.name for item in items if uses_live_service(item)} - set(LIVE_FILES))
+    if strays:
+        raise pytest.UsageError(f"tests/conftest.py: add {strays} to LIVE_FILES")
+    seconds: dict[str, int] = {}
+    for path in {item.path for item in items}:
+        unit = work_unit(path.name)
+        seconds[unit] = seconds.get(unit, 0) + SLOW_FILES.get(path.name, 0)
+    # Longest units first (xdist keeps this order: --no-loadscope-reorder); a file keeps its order.
+    items.sort(key=lambda item: -seconds[work_unit(item.path.name)])
+    users = [item for item in items if uses_live_service(item)]
     config.stash[_LAST_LIVE_TEST] = users[-1] if users else None
 
 

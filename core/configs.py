@@ -625,19 +625,25 @@ def load_config(path: str | Path, cls: type[ConfigT]) -> ConfigT:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+        ) from exc
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         where = " ".join(str(exc).split())  # the parser's message, on one line
         kind = path.suffix.lstrip(".") or "YAML"
         raise ConfigError(f"{path}: not valid {kind}: {where}") from exc
-    if not isinstance(data, dict):
+    if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        return cls.model_validate(data)
+        return cls.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {validation_problems(exc)}") from exc
 

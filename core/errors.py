@@ -23,11 +23,38 @@ def _rebuild(cls: type[BaseException], args: tuple, state: dict[str, Any]) -> Ba
     return error
 
 
+def one_line(error: BaseException) -> str:
+    """An error's message and its notes (``add_note``) on one line, for a command's last word."""
+    parts = [str(error), *getattr(error, "__notes__", ())]
+    return " ".join("; ".join(parts).split())
+
+
+def project_error(error: BaseException) -> SelfTrainError | None:
+    """The project error that ``error`` is, or that caused it: Ray delivers an error raised in a
+    worker inside its own (a task's ``RayTaskError`` and its ``cause``, Ray Data's
+    ``UserCodeException`` raised from it, Ray Train's ``WorkerGroupError`` with its
+    ``worker_failures``, a ``ControllerError``'s ``controller_failure``)."""
+    seen: set[int] = set()
+    todo = [error]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, SelfTrainError):
+            return current
+        linked = [current.__cause__, getattr(current, "cause", None)]
+        linked.append(getattr(current, "controller_failure", None))
+        linked += list(getattr(current, "worker_failures", {}).values())
+        todo += [e for e in linked if isinstance(e, BaseException)]
+    return None
+
+
 class SelfTrainError(Exception):
     """Base class of every error the project raises on purpose.
 
     A project error is a verdict on its input (a file, a value, a store): running the same work
-    again gives the same error, so the jobs do not retry it (jobs.ray_entry).
+    again gives the same error, so the jobs do not retry it (jobs.train_failures).
     """
 
     def __reduce__(self) -> tuple:

@@ -30,7 +30,7 @@ from torch import nn
 
 from core.errors import CheckpointError, UnknownModelError
 from core.labels import LabelSpace
-from core.models import build_model
+from core.models import WEIGHT_OPTIONS, build_model
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = (
@@ -155,7 +155,7 @@ def load_model(
         raise CheckpointError(path, f"invalid label_space: {exc}") from exc
     # The stored weights replace everything, so pretrained backbone weights need not be read (their
     # file may not exist where the checkpoint is used).
-    options = {k: v for k, v in checkpoint["model_options"].items() if k != "backbone_weights"}
+    options = {k: v for k, v in checkpoint["model_options"].items() if k not in WEIGHT_OPTIONS}
     try:
         model = build_model(checkpoint["model_name"], label_space.num_classes, **options)
     except (UnknownModelError, TypeError, ValueError) as exc:

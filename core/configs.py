@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from core.errors import ConfigError
 
@@ -487,6 +496,20 @@ class TrainSettings(StrictModel):
             )
         return data
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, model: str) -> str:
+        _raise_model_problems(model, {}, "model")
+        return model
+
+    @field_validator("model_options")
+    @classmethod
+    def _buildable(cls, options: dict, info: ValidationInfo) -> dict:
+        # Checked here, not when a job builds the model after its teacher has trained.
+        if "model" in info.data:
+            _raise_model_problems(info.data["model"], options, "model_options")
+        return options
+
     @model_validator(mode="after")
     def _check_soft(self) -> TrainSettings:
         if self.soft_labels and self.ohem:
@@ -508,6 +531,25 @@ class TrainSettings(StrictModel):
         if self.lr is not None:
             return self.lr
         return self.finetune_lr if self.mode == "finetune" else 0.02
+
+
+def _raise_model_problems(model: str, options: dict, field: str) -> None:
+    """Raise the problems core.models finds with ``model`` and ``options`` that concern ``field``
+    (``model``, or ``model_options``: its options named in the message), as pydantic's error."""
+    from core.models import MODELS  # torch; only configs that name a model pay for it
+    from core.models.options import model_problems
+
+    found = [
+        (name, message)
+        for name, message in model_problems(model, options, MODELS)
+        if name == field or name.startswith(f"{field}.")
+    ]
+    if found:
+        text = "; ".join(
+            f"{name.removeprefix(field + '.')}: {message}" if name != field else message
+            for name, message in found
+        )
+        raise PydanticCustomError("model", text)
 
 
 class TrainJobConfig(TrainSettings):
@@ -625,19 +667,25 @@ def load_config(path: str | Path, cls: type[ConfigT]) -> ConfigT:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+        ) from exc
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         where = " ".join(str(exc).split())  # the parser's message, on one line
         kind = path.suffix.lstrip(".") or "YAML"
         raise ConfigError(f"{path}: not valid {kind}: {where}") from exc
-    if not isinstance(data, dict):
+    if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        return cls.model_validate(data)
+        return cls.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {validation_problems(exc)}") from exc
 

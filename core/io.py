@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from core.errors import (
+    ConfigError,
     CorruptImageError,
     DataError,
     ImageTooLargeError,
@@ -214,6 +215,24 @@ def existing_path(path: str | Path, kind: Literal["file", "folder"]) -> Path:
         other = "folder" if kind == "file" else "file"
         problem = f"is a {other}, not a {kind}" if path.exists() else f"{kind} does not exist"
         raise DataError(path, problem)
+    return path
+
+
+def output_folder(path: str | Path, what: str) -> Path:
+    """The folder ``path`` (``what`` names it in errors: ``--output``, ``storage_path``), created
+    with its parents when missing.
+
+    Raises:
+        ConfigError: A file is there, or the folder cannot be created (no right to write, a file
+            among its parents, a full disk).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path}: is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot create the folder ({exc.strerror})") from exc
     return path
 
 

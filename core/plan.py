@@ -28,6 +28,7 @@ from core.configs import (
     TrainSettings,
 )
 from core.drift import TAUGHT_AWAY_BELOW
+from core.errors import SelfTrainError
 from core.evaluation import EvaluationSettings, ModelRef
 from core.evaluation_run import EvaluateJobConfig
 from core.gate import MODEL_NAME_PATTERN, GateSpec
@@ -413,7 +414,7 @@ def join_field(*parts: object) -> str:
     return ".".join(str(p) for p in parts if p != "")
 
 
-class SpecError(ValueError):
+class SpecError(SelfTrainError, ValueError):
     """A run spec that cannot run; ``problems`` lists (dotted field, message) pairs (-> 422)."""
 
     def __init__(self, problems: list[tuple[str, str]]) -> None:

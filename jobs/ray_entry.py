@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from ray.autoscaler.sdk import request_resources
 
 from core.configs import load_config
-from core.errors import SelfTrainError
+from core.errors import SelfTrainError, one_line, project_error
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 log = logging.getLogger(__name__)
@@ -46,12 +46,16 @@ def config_parser(description: str) -> argparse.ArgumentParser:
 
 def exit_code(main: Callable[[], int], job: str) -> int:
     """Run a job's ``main``; a configuration or input error (a bad or missing config, a missing
-    teacher, data that cannot be used) prints one line, ``<job>: error: <what>``, and gives exit
-    code 2 instead of a traceback."""
+    teacher, data that cannot be used, a store that cannot be written) prints one line,
+    ``<job>: error: <what>``, and gives exit code 2 instead of a traceback, also when it was
+    raised in a Ray worker and arrives wrapped in Ray's exceptions (`project_error`)."""
     try:
         return main()
-    except SelfTrainError as exc:
-        print(f"{job}: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # a project error, possibly inside Ray's wrappers; else re-raised
+        error = project_error(exc)
+        if error is None:
+            raise
+        print(f"{job}: error: {one_line(error)}", file=sys.stderr)
         return 2
 
 

@@ -23,18 +23,20 @@ from pathlib import Path
 import ray.train
 import ray.train.torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchConfig
 
 from core.checkpoint import load_checkpoint
 from core.configs import Role, TrainJobConfig, load_config
 from core.confine import check_job_paths
 from core.errors import ConfigError
+from core.io import output_folder
 from core.runfiles import RunFiles, RunSummary
 from core.sampling import Sample
 from core.tracking import stage_tracker
 from core.training import EpochPlan, EpochStats, open_training_data
 from core.training_run import TrainingRun
 from jobs.ray_entry import config_parser, exit_code, init_ray, require_resources
+from jobs.train_failures import ProjectErrorTrainer
 
 STATE_FILE = "state.pt"
 # The val_miou that Ray Train's reports carry for epochs without validation: Ray ranks its
@@ -79,6 +81,7 @@ def run_training(config: TrainJobConfig, epoch_hook: EpochHook | None = None) ->
         )
     # Workers may run in another folder (a Ray job's working dir, another node).
     config = config.with_absolute_paths()
+    output_folder(config.storage_path, "storage_path")
     # Fail here, with the real error, instead of in every worker and every retry.
     open_training_data(config)
     init_ray(config.ray_address)
@@ -88,7 +91,9 @@ def run_training(config: TrainJobConfig, epoch_hook: EpochHook | None = None) ->
         {"GPU": config.gpus_per_worker} if use_gpu else {}
     )
     require_resources(resources, config.num_workers, "training worker", config.ray_address)
-    trainer = TorchTrainer(
+    # A project error in a worker (a corrupt image, an unreadable store) is raised at once, not
+    # retried max_failures times: it would fail the same way again.
+    trainer = ProjectErrorTrainer(
         train_loop_per_worker=train_worker,
         train_loop_config={"config": config.model_dump(mode="json"), "epoch_hook": epoch_hook},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

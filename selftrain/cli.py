@@ -491,14 +491,17 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from core.errors import SelfTrainError
-
     args = _build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except SelfTrainError as exc:
-        print(f"selftrain {args.command}: {exc}", file=sys.stderr)
+    except Exception as exc:  # a project error, also one raised in a Ray worker; else re-raised
+        from core.errors import one_line, project_error
+
+        error = project_error(exc)
+        if error is None:
+            raise
+        print(f"selftrain {args.command}: {one_line(error)}", file=sys.stderr)
         return 2
 
 

@@ -23,6 +23,7 @@ from core.errors import ConfigError, DataError
 from core.evaluate import evaluate_checkpoint
 from core.evaluation_run import EvaluateJobConfig, EvaluationReport, read_report
 from core.gate import GateSpec, describe, stops_run
+from core.io import output_folder
 from core.plan import PlannedStage, RunSpec, job_config, plan_stages, with_existing_inputs
 from core.runfiles import RunFiles, resolve_checkpoint
 from core.tracking import end_parent, local_tracking, start_parent
@@ -225,6 +226,8 @@ def main(spec_path: str, output: str, roots: Sequence[str], tests: Sequence[str]
     spec = load_config(spec_path, RunSpec)
     root_paths = [Path(r).expanduser().resolve() for r in roots] or [Path.cwd()]
     test_sets = dict(parse_test(t) for t in tests)
-    summary = run_local(spec, Path(output).expanduser().resolve(), root_paths, test_sets)
+    folder = Path(output).expanduser().resolve()
+    output_folder(folder, "--output")
+    summary = run_local(spec, folder, root_paths, test_sets)
     print(json.dumps(summary), flush=True)
     return 0

@@ -108,7 +108,7 @@ def check_spec_data(spec: RunSpec) -> None:
     for i, source in enumerate(spec.label.sources):
         problems += _check_source(source, f"label.sources.{i}")[1]
     for i, store in enumerate(spec.label.stores):
-        problems += _check_store(store, f"label.stores.{i}")
+        problems += _check_store(store, f"label.stores.{i}", spec.student.train)
     labeled = [(f"label.audit.{i}", s) for i, s in enumerate(spec.label.audit)]
     if spec.evaluation is not None:
         labeled += [(f"evaluation.tests.{n}", s) for n, s in spec.evaluation.tests.items()]
@@ -165,24 +165,8 @@ def _check_teacher_classes(path: str, labeled: DataSource) -> list[tuple[str, st
 
 
 def _check_train(train: TrainSettings, field: str) -> list[tuple[str, str]]:
-    from core.models import list_models, model_options
-
+    # The model and its options are checked by TrainSettings' validators (core.models.options).
     problems: list[tuple[str, str]] = []
-    known = list_models()
-    if train.model not in known:
-        problems.append(
-            (f"{field}.model", f"unknown model {train.model!r}; known: {', '.join(sorted(known))}")
-        )
-    else:
-        takes = model_options(train.model)
-        for option in sorted(set(train.model_options) - set(takes)):
-            problems.append(
-                (
-                    f"{field}.model_options.{option}",
-                    f"model {train.model!r} takes no option {option!r}; it takes: "
-                    f"{', '.join(takes) or 'none'}",
-                )
-            )
     image_hw, found = _check_source(train.labeled, f"{field}.labeled")
     problems += found
     if train.val is not None:
@@ -227,15 +211,40 @@ def _check_crops(
     return [(field, f"crop {max(too_big)} is larger than the images ({height}x{width})")]
 
 
-def _check_store(store: str, field: str) -> list[tuple[str, str]]:
+def _check_store(store: str, field: str, student: TrainSettings | None) -> list[tuple[str, str]]:
+    """A given store opens, and holds what the student reads from it: labeled images, centroids
+    for centroid sampling, class probabilities for soft labels (else the run would fail after its
+    teacher has trained)."""
     from core.store import LabelStore
 
     if not Path(store).is_dir():
         return [(field, f"{store} does not exist")]
     try:
-        LabelStore.open(store, read_only=True)
+        summary = LabelStore.open(store, read_only=True).summary()
     except SelfTrainError as exc:
         return [(field, str(exc))]
+    if student is None or student.pseudo_per_real == 0:
+        return []
+    if summary["n_done"] == 0:
+        return [(field, f"{store} holds no labeled images")]
+    if student.centroid_sampling and not any(summary["centroids_per_class"].values()):
+        area = summary["settings"].get("min_centroid_area")
+        return [
+            (
+                field,
+                f"{store} holds no centroids (labeled with min_centroid_area {area}); "
+                "student.train.centroid_sampling draws crops around them: set it to false, or "
+                "label again with a smaller min_centroid_area",
+            )
+        ]
+    if student.soft_labels and summary["settings"].get("soft_stride") is None:
+        return [
+            (
+                field,
+                f"{store} keeps hard labels only; student.train.soft_labels reads class "
+                "probabilities: label it with soft_labels: true",
+            )
+        ]
     return []
 
 

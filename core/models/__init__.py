@@ -12,7 +12,6 @@ backbone_weights=None)``); :func:`build_model` looks the name up in ``MODELS`` a
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -26,6 +25,7 @@ from core.models.deeplabv3plus import (
     deeplabv3plus_resnext50,
 )
 from core.models.fast_scnn import FastSCNN, fast_scnn
+from core.models.options import WEIGHT_OPTIONS, factory_options
 from core.models.pspnet import PSPNet, pspnet_resnet101
 from core.models.resnet import ResNet, load_backbone_weights, resnet50, resnet101, resnext50_32x4d
 from core.models.small import SmallSegNet, small
@@ -44,6 +44,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 __all__ = [
     "MODELS",
+    "WEIGHT_OPTIONS",
     "DeepLabV3Plus",
     "FastSCNN",
     "PSPNet",
@@ -83,8 +84,7 @@ def model_options(name: str) -> list[str]:
     """
     if name not in MODELS:
         raise UnknownModelError(name, list(MODELS))
-    parameters = inspect.signature(MODELS[name]).parameters
-    return [p for p in parameters if p != "num_classes"]
+    return factory_options(MODELS[name])
 
 
 def build_model(name: str, num_classes: int, **options: object) -> nn.Module:

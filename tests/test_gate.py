@@ -126,3 +126,18 @@ def test_a_gate_needs_a_control_test_sets_it_knows_and_a_name_a_registry_takes()
     with pytest.raises(ValidationError, match="gate.model_name: the run's name 'a/b'"):
         RunSpec.model_validate(spec(name="a/b"))
     RunSpec.model_validate(spec(name="a/b", gate={"model_name": "street-v2"}))
+
+
+def test_scores_a_demo_has_already_make_an_evaluation_the_gate_reads():
+    from core.evaluation import ModelRef, evaluation_of
+
+    def result(miou: float) -> dict:
+        return {"miou": miou, "pixel_accuracy": 0.9, "per_class_iou": {"road": miou}, "n_images": 3}
+
+    scored = [
+        (role, ModelRef(stage=role, checkpoint=f"/r/{role}.pt"), {"source": result(miou)})
+        for role, miou in (("teacher", 0.30), ("control", 0.35), ("student", 0.33))
+    ]
+    found = verdict(evaluation_of(0, scored), GateSpec())
+    assert found.status == "not promoted"
+    assert found.table[0].gain_over_control == pytest.approx(-0.02)

@@ -1,4 +1,5 @@
-"""The CamVid benchmark's summary: paired deltas per run, per-variant means over seeds, and the
+"""The CamVid benchmark's summary: paired deltas per run, each student's promotion-gate verdict
+(core/gate.py, against its seed's teacher and control), per-variant means over seeds, and the
 markdown report (benchmarks/camvid_selftrain.py writes them).
 
 Splits: ``test`` is the held-out sequence (the headline), ``val`` is transductive (its images are
@@ -8,6 +9,8 @@ in the pool the teacher labels), any other name is an ``--extra-test`` split.
 from __future__ import annotations
 
 import numpy as np
+
+from core.gate import GateSpec, verdict_of_scores
 
 # Trained after the teacher, in this order; the control (labeled only, the students' settings and
 # budget) comes first: it needs no pseudo labels.
@@ -87,6 +90,12 @@ SHORT_NAMES = {
 }
 
 
+# The promotion gate (core.gate, docs/gate.md) each student of a seed meets against that seed's
+# teacher and its control: the default thresholds, on the held-out split only (`val` is in the
+# pool the teacher labeled).
+GATE = GateSpec(tests=[HEADLINE])
+
+
 # --- numbers -----------------------------------------------------------------------------------
 
 
@@ -135,7 +144,30 @@ def paired_deltas(record: dict, models: list[dict]) -> dict:
             rare = {c: difference(mine.get(c), theirs.get(c)) for c in RARE_CLASSES}
             rare["mean"] = difference(rare_mean(mine), rare_mean(theirs))
             out["rare_vs_teacher"] = rare
+    gate = gate_verdict(record, models)
+    if gate is not None:
+        out["gate"] = gate
     return out
+
+
+def gate_verdict(record: dict, models: list[dict]) -> dict | None:
+    """The gate's verdict on a student (``GATE``, against the teacher and the control of its seed
+    in ``models``): ``{"status", "reasons"}``; None for the teacher, a control, or a student whose
+    teacher or control has no scores."""
+    name = record["model"]
+    if name == "teacher" or is_control(name) or "evals" not in record:
+        return None
+    roles = {"teacher": "teacher", "control": control_of(name, models, record["seed"])}
+    scores = {name: record["evals"]}
+    for reference in roles.values():
+        other = next(
+            (m for m in models if m["model"] == reference and m["seed"] == record["seed"]), None
+        )
+        if other is None or HEADLINE not in other.get("evals", {}):
+            return None
+        scores[reference] = other["evals"]
+    found = verdict_of_scores(scores, {}, GATE, models={**roles, "student": name})
+    return {"status": found.status, "reasons": found.reasons}
 
 
 def aggregate(models: list[dict]) -> dict:
@@ -182,6 +214,7 @@ def aggregate(models: list[dict]) -> dict:
             "rare_vs_teacher_mean": {
                 c: nanmean([d.get(c) for d in rare_deltas]) for c in (*RARE_CLASSES, "mean")
             },
+            "gate": gate_count([m.get("gate") for m in runs]),
             "pseudo_share": runs[0].get("pseudo_share"),
             "steps": runs[0].get("steps"),
             "train_s_mean": float(np.mean([m["train_s"] for m in runs])),
@@ -193,6 +226,15 @@ def aggregate(models: list[dict]) -> dict:
             },
         }
     return out
+
+
+def gate_count(verdicts: list[dict | None]) -> dict | None:
+    """How many of a variant's gated runs the gate promoted: ``{"promoted", "gated"}``; None when
+    none was gated (the teacher, the controls)."""
+    gated = [v for v in verdicts if v is not None]
+    if not gated:
+        return None
+    return {"promoted": sum(v["status"] == "promoted" for v in gated), "gated": len(gated)}
 
 
 # Two-sided 95 % quantiles of Student's t by degrees of freedom (n - 1 paired seeds).
@@ -257,7 +299,7 @@ def markdown_report(summary: dict) -> str:
     header += [f"{TRANSDUCTIVE} mIoU (transd.)", "Δ T", "Δ C"]
     for extra in extras:
         header += [f"{extra} mIoU", "Δ T", "Δ C"]
-    header += ["train min"]
+    header += ["gate", "train min"]
     lines += table_header(header)
     for name, v in by_variant.items():
         row = [
@@ -280,6 +322,8 @@ def markdown_report(summary: dict) -> str:
                 row += [signed(s["delta_vs_teacher_mean"]), signed(s["delta_vs_control_mean"])]
             if split == HEADLINE:
                 row += [percent(v["rare_miou_mean"]), signed(v["rare_vs_teacher_mean"]["mean"])]
+        gate = v.get("gate")
+        row += ["-" if gate is None else f"{gate['promoted']}/{gate['gated']} promoted"]
         row += [f"{v['train_s_mean'] / 60:.1f}"]
         lines.append(table_row(row))
 
@@ -305,6 +349,7 @@ def markdown_report(summary: dict) -> str:
             lines += curve_table(by_variant, curve)
     lines += ["", "### Every run", ""]
     lines += every_run_table(summary["models"], split_names)
+    lines += ["", *gate_lines(summary["models"])]
     lines += ["", *pseudo_label_tables(summary["pseudo_labels"], by_variant)]
     lines += ["", *wall_times(summary), "", *commands(summary), ""]
     return "\n".join(lines)
@@ -378,7 +423,8 @@ def every_run_table(models: list[dict], split_names: list[str]) -> list[str]:
     header = ["model", "seed"]
     for split in split_names:
         header += [f"{split}", "Δ T", "Δ C"]
-    header += ["ms+flip test", "ms+flip val", "rare", "steps", "train s", "job wall s", "eval s"]
+    header += ["ms+flip test", "ms+flip val", "rare", "gate", "steps", "train s", "job wall s"]
+    header += ["eval s"]
     lines = table_header(header)
     for m in models:
         if "evals" not in m:
@@ -393,9 +439,29 @@ def every_run_table(models: list[dict], split_names: list[str]) -> list[str]:
             ]
         multiscale = m.get("evals_multiscale") or {}
         row += [percent(multiscale[s]["miou"]) if s in multiscale else "" for s in ("test", "val")]
-        row += [percent(m.get("rare_miou")), str(m["steps"]), str(m["train_s"])]
+        row += [percent(m.get("rare_miou")), m["gate"]["status"] if "gate" in m else "-"]
+        row += [str(m["steps"]), str(m["train_s"])]
         row += [str(m["job_wall_s"]), str(m["eval_wall_s"])]
         lines.append(table_row(row))
+    return lines
+
+
+def gate_lines(models: list[dict]) -> list[str]:
+    """Each gated run's verdict and its reasons (``GATE``)."""
+    lines = [
+        "### The promotion gate",
+        "",
+        f"Each student against its seed's teacher and control on `{HEADLINE}` (core/gate.py): at "
+        f"least {signed(GATE.min_gain)} mIoU over both, no class more than "
+        f"{100 * GATE.max_class_drop:.1f} IoU below the teacher.",
+        "",
+    ]
+    gated = [m for m in models if "gate" in m]
+    if not gated:
+        return [*lines, "(no student was gated)"]
+    for m in gated:
+        lines.append(f"- {m['model']}, seed {m['seed']}: **{m['gate']['status']}**")
+        lines += [f"  - {reason}" for reason in m["gate"]["reasons"]]
     return lines
 
 

@@ -19,7 +19,8 @@ Splits (benchmarks/camvid_data.py writes them once into ``<workdir>/data``, all 
 
 Per seed N, ``<workdir>/<scale>/seed<N>/`` holds ``configs/`` (the configs as run), ``runs/``
 (core.runfiles), ``stores/pool.zarr`` (the pseudo labels), ``logs/`` and ``evals/``.
-Prints one JSON line per model, then one JSON summary line; writes ``<workdir>/<scale>/results.md``
+Prints one JSON line per model (a student's with the promotion gate's verdict, ``gate``: promoted
+or not, and why), then one JSON summary line; writes ``<workdir>/<scale>/results.md``
 (benchmarks/camvid_report.py) and ``summary.json`` there.
 
     python benchmarks/camvid_selftrain.py --workdir camvid-bench --scale smoke   # plumbing

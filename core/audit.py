@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -30,6 +31,9 @@ from pydantic import BaseModel, Field
 from core.configs import DataSource
 from core.errors import DataError
 from core.labels import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from core.store import LabelStore
 
 # Equal confidence bins from 0 to 1 for calibration (reliability diagram and ECE).
 CALIBRATION_BINS = 10
@@ -390,3 +394,42 @@ def audit_samples(
         for (pseudo, confidence, *_), truth in zip(predict(images), truths, strict=True):
             counts.update(pseudo, confidence, truth, ignore_index)
     return counts
+
+
+# The true label of a store's image: (image path, its (H, W)) -> (H, W) uint8 train ids, the
+# store's ignore index where unknown; raises core.errors.DataError when it cannot be read or has
+# another size.
+ReadTruth = Callable[[str, tuple[int, int]], np.ndarray]
+
+
+def audit_store(store: LabelStore, read_truth: ReadTruth, sources: Sequence[str]) -> Audit:
+    """The audit of a store's own pseudo labels, for a pool whose truth is known (a demo's
+    synthetic scenes, a benchmark's labeled pool used as unlabeled): what the label job's audit
+    gives for its audit sources, without predicting anything again.
+
+    Reads each done image's label, confidence and truth once: one pass over the pool, so for
+    pools of a benchmark's size; a production pool is audited by its label stage's ``audit``
+    sources instead (jobs/audit.py). An image whose truth cannot be read is left out with its
+    reason; pixels the store left unlabeled (its ignore index) are not counted.
+
+    Args:
+        store: The label store.
+        read_truth: Reads an image's true label.
+        sources: What the truth is (for people), e.g. ``["camvid:/data/camvid:train"]``.
+    """
+    space = store.label_space
+    counts = AuditCounts(space.num_classes)
+    for index in store.done_indices():
+        index = int(index)
+        path = store.image_path(index)
+        try:
+            truth = read_truth(path, store.image_size(index))
+        except DataError as exc:
+            counts.fail(exc.path, exc.problem)
+            continue
+        pseudo = store.label(index)
+        unlabeled = pseudo == space.ignore_index
+        truth = np.where(unlabeled, np.uint8(space.ignore_index), truth).astype(np.uint8)
+        pseudo = np.where(unlabeled, 0, pseudo).astype(np.uint8)
+        counts.update(pseudo, store.confidence(index), truth, space.ignore_index)
+    return summarize(counts, list(space.names), sources, store.class_pixels())

@@ -121,18 +121,35 @@ def evaluate_models(
         score: Scores one checkpoint on one source (e.g. core.evaluate.evaluate_checkpoint with
             the settings' mode and device).
     """
-    scored = []
-    for role, ref in models:
-        results = {}
-        for name, source in tests.items():
-            result = score(ref.checkpoint, source)
-            results[name] = HeldOutScore(
-                miou=result["miou"],
-                pixel_accuracy=result["pixel_accuracy"],
-                per_class_iou=result["per_class_iou"],
-                n_images=result["n_images"],
-            )
-        scored.append(
-            ModelScores(role=role, stage=ref.stage, checkpoint=ref.checkpoint, tests=results)
+    scored = [
+        (role, ref, {name: score(ref.checkpoint, source) for name, source in tests.items()})
+        for role, ref in models
+    ]
+    return evaluation_of(loop, scored)
+
+
+def evaluation_of(
+    loop: int, scored: Sequence[tuple[ModelRole, ModelRef, dict[str, dict]]]
+) -> Evaluation:
+    """An `Evaluation` of scores a caller has already (a demo, a benchmark): per model its role,
+    its stage and checkpoint, and ``{test set: core.evaluate.evaluate_checkpoint's result}``; the
+    test sets are the first model's, in its order."""
+    models = [
+        ModelScores(
+            role=role,
+            stage=ref.stage,
+            checkpoint=ref.checkpoint,
+            tests={
+                name: HeldOutScore(
+                    miou=result["miou"],
+                    pixel_accuracy=result["pixel_accuracy"],
+                    per_class_iou=result["per_class_iou"],
+                    n_images=result["n_images"],
+                )
+                for name, result in results.items()
+            },
         )
-    return Evaluation(loop=loop, tests=list(tests), models=scored)
+        for role, ref, results in scored
+    ]
+    tests = list(scored[0][2]) if scored else []
+    return Evaluation(loop=loop, tests=tests, models=models)

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from core.configs import StrictModel
-from core.evaluation import Evaluation, HeldOutScore
+from core.evaluation import ROLES, Evaluation, HeldOutScore, ModelRef, ModelRole, evaluation_of
 
 VerdictStatus = Literal["promoted", "not promoted"]
 # How a stage that a failed gate kept from running says so (gate.stop_on_fail).
@@ -209,6 +209,37 @@ def verdict(evaluation: Evaluation, gate: GateSpec) -> Verdict:
         table=table,
         classes=classes,
     )
+
+
+def verdict_of_scores(
+    scores: dict[str, dict[str, dict]],
+    checkpoints: dict[str, str],
+    gate: GateSpec,
+    models: dict[ModelRole, str] | None = None,
+    loop: int = 0,
+) -> Verdict:
+    """The gate on scores a demo or a benchmark has already (no evaluation stage).
+
+    Args:
+        scores: ``{model: {test set: core.evaluate.evaluate_checkpoint's result}}``.
+        checkpoints: ``{model: checkpoint}`` (``?`` in the verdict for a model not in it).
+        gate: The gate.
+        models: Which model is the teacher, the control and the student (``{role: model}``);
+            default: the models named ``teacher``, ``control`` and ``student``, where present.
+        loop: The loop the student belongs to.
+
+    Raises:
+        ValueError: A named model has no scores, or there is no student.
+    """
+    models = models or {role: role for role in ROLES if role in scores}
+    missing = [name for name in models.values() if name not in scores]
+    if missing:
+        raise ValueError(f"no scores of {missing} (have {sorted(scores)})")
+    scored = [
+        (role, ModelRef(stage=name, checkpoint=checkpoints.get(name, "?")), scores[name])
+        for role, name in sorted(models.items(), key=lambda item: ROLES.index(item[0]))
+    ]
+    return verdict(evaluation_of(loop, scored), gate)
 
 
 def stops_run(gate: GateSpec | None, found: Verdict | None) -> str | None:

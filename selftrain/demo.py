@@ -13,7 +13,10 @@ runs the same job function the control plane submits (jobs/train.py, jobs/label.
 3. label the unlabeled scenes with it into a Zarr label store (Ray Data);
 4. train a student on real and pseudo labels with centroid sampling and the fast crop schedule;
 5. evaluate teacher and student on the held-out scenes and print a per-class table, and score the
-   pseudo labels against the unlabeled scenes' true labels (what explains the student's result).
+   pseudo labels against the unlabeled scenes' true labels (what explains the student's result):
+   per domain, and as the label job's audit (core.audit: per class, calibration);
+6. apply the promotion gate (core.gate) to those scores and print its verdict: promoted or not,
+   and why.
 
 What the work folder holds afterwards:
 
@@ -46,6 +49,7 @@ import numpy as np
 from pydantic import Field
 from tqdm import tqdm
 
+from core.audit import Audit, audit_store
 from core.checkpoint import load_model
 from core.configs import (
     AugmentConfig,
@@ -59,6 +63,7 @@ from core.configs import (
 from core.datasets import SegmentationDataset
 from core.errors import ConfigError
 from core.evaluate import evaluate
+from core.gate import GateSpec, Verdict, describe, verdict_of_scores
 from core.io import read_label
 from core.labels import CITYSCAPES_TRAIN_IDS, IGNORE_INDEX, LabelSpace
 from core.metrics import ConfusionMatrix
@@ -124,11 +129,14 @@ class DemoConfig(StrictModel):
         scenes: The synthetic scenes.
         run: The run: teacher, label and student settings, with paths relative to the work folder.
         preview_rows: Images in the pseudo-label picture.
+        gate: The promotion gate the student meets on the held-out scenes of both domains,
+            against the teacher and the control (the default thresholds).
     """
 
     scenes: DemoScenes = Field(default_factory=DemoScenes)
     run: RunSpec
     preview_rows: int = Field(default=4, gt=0)
+    gate: GateSpec = Field(default_factory=GateSpec)
 
     @classmethod
     def default(cls, seed: int = 0) -> DemoConfig:
@@ -269,6 +277,19 @@ def pseudo_label_quality(store_path: str | Path, truth: Path) -> dict[str, dict]
         domain: {k: v for k, v in matrix.to_dict(names).items() if k != "per_class_iou"}
         for domain, matrix in sorted(matrices.items())
     }
+
+
+def audit_pseudo_labels(store_path: str | Path, truth: Path) -> Audit:
+    """The label job's audit (core.audit) of the store's pseudo labels, against the unlabeled
+    scenes' true labels (``truth/<city>/``): per class IoU, shares and calibration."""
+    store = LabelStore.open(store_path, read_only=True)
+
+    def read_truth(path: str, shape: tuple[int, int]) -> np.ndarray:
+        image = Path(path)
+        name = image.name.replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+        return read_label(truth / image.parent.name / name, CITYSCAPES_TRAIN_IDS, shape)
+
+    return audit_store(store, read_truth, [f"the unlabeled scenes' true labels ({truth.name})"])
 
 
 def online_label_quality(checkpoint: str | Path, unlabeled: Path, truth: Path) -> dict[str, dict]:
@@ -432,10 +453,9 @@ def run_demo(
         echo: Where stage headers and the table go.
 
     Returns:
-        ``teacher_miou`` and ``student_miou`` (held-out source scenes), ``teacher_target_miou`` and
-        ``student_target_miou`` (held-out target scenes), ``per_class`` (rows of ``class_table``),
-        ``workdir``, ``artifacts`` (checkpoints, label store, picture, results file), ``seconds``
-        per stage and ``config``.
+        `demo_results`, with ``method``, ``pseudo_label_quality`` (per domain), ``audit`` (the
+        label store's pseudo labels audited against the scenes' truth; an offline student only)
+        and ``seconds`` per stage.
     """
     config = config or DemoConfig.default()
     scenes = config.scenes
@@ -472,9 +492,12 @@ def run_demo(
     store = next((stage.outputs["store"] for stage in planned if stage.kind == "label"), None)
     if store is not None:
         write_pseudo_label_picture(store, paths.picture, config.preview_rows)
-    result = _results(config, paths, scores, checkpoints, store, counts)
+    result = demo_results(config, paths, scores, checkpoints, store, counts)
     result["method"] = _method(config)
     result["pseudo_label_quality"] = _label_quality(planned, store, paths)
+    if store is not None:
+        audit = audit_pseudo_labels(store, paths.unlabeled_truth)
+        result["audit"] = audit.model_dump(mode="json")
     result["seconds"] = {**stages.seconds, "total": round(time.perf_counter() - start, 1)}
     paths.results.write_text(json.dumps(result, indent=2))
     _print_report(result, config, echo)
@@ -527,7 +550,7 @@ def _stage_title(stage: PlannedStage, scenes: DemoScenes) -> str:
     )
 
 
-def _results(
+def demo_results(
     config: DemoConfig,
     paths: DemoPaths,
     scores: dict[str, dict],
@@ -535,6 +558,16 @@ def _results(
     store: str | None,
     counts: dict[str, int],
 ) -> dict:
+    """The demo's numbers from its models' scores (``{model: {domain: evaluate_checkpoint's
+    result}}``).
+
+    Returns:
+        ``teacher_miou``, ``control_miou`` and ``student_miou`` (held-out source scenes),
+        ``*_target_miou`` (held-out target scenes), ``per_class`` (rows of ``class_table``),
+        ``verdict`` (the gate's, ``config.gate``, on both domains: core.gate.Verdict as JSON),
+        ``workdir``, ``artifacts`` (checkpoints, label store, picture, results file), ``scenes``
+        and ``config``.
+    """
     result = {}
     for model, by_domain in scores.items():
         result[f"{model}_miou"] = by_domain["source"]["miou"]
@@ -542,6 +575,7 @@ def _results(
     return {
         **result,
         "per_class": class_table({m: by_domain["source"] for m, by_domain in scores.items()}),
+        "verdict": verdict_of_scores(scores, checkpoints, config.gate).model_dump(mode="json"),
         "workdir": str(paths.workdir),
         "artifacts": {
             **{f"{model}_checkpoint": path for model, path in checkpoints.items()},
@@ -567,7 +601,16 @@ def _print_report(result: dict, config: DemoConfig, echo: Callable[[str], None])
         for domain, q in result["pseudo_label_quality"].items()
     )
     echo(f"pseudo labels against the unlabeled scenes' true labels: {quality}")
+    audit = result.get("audit")
+    if audit is not None and audit["n_pixels"]:
+        echo(
+            f"audit of the label store: {100 * audit['miou']:.1f} mIoU, calibration error "
+            f"{100 * audit['ece']:.1f} %, {100 * audit['confident_share']:.0f} % of pixels "
+            f"confident, {100 * (audit['confident_accuracy'] or 0):.0f} % of those right"
+        )
     echo(_verdict(result, config))
+    for line in describe(Verdict.model_validate(result["verdict"])):
+        echo(line)
     echo("")
     for name, path in result["artifacts"].items():
         echo(f"{name.replace('_', ' '):22s} {path}")

@@ -113,3 +113,33 @@ def test_without_an_audit_no_class_is_named():
     found = drift(plain, plain, "loop1-label-0", "label-0")
     assert found.taught_away == [] and found.classes[0].labeled_share is None
     assert found.classes[0].share_now == 1.0
+
+
+def test_a_stores_own_labels_audited_against_known_truth_equal_the_hand_computation(tmp_path):
+    from core.audit import audit_store
+    from core.errors import DataError
+    from core.labels import declare_label_space
+    from core.store import LabelStore
+
+    # Image a: the hand-made pseudo labels, confidences and truth; image b: all road, its truth
+    # unreadable (left out, but its pixels are the pool's); image c: never labeled.
+    store = LabelStore.create(
+        tmp_path / "s.zarr", ["a.png", "b.png", "c.png"], None,
+        declare_label_space("hand", ["road", "car"]), {}, {},
+    )  # fmt: skip
+    store.write(0, PSEUDO, CONFIDENCE, np.zeros((0, 4)))
+    store.write(1, np.zeros((2, 3), np.uint8), np.full((2, 3), 255, np.uint8), np.zeros((0, 4)))
+
+    def read_truth(path: str, shape: tuple[int, int]) -> np.ndarray:
+        if path != "a.png":
+            raise DataError(path, "no true label")
+        assert shape == (2, 3)
+        return TRUTH
+
+    audit = audit_store(store, read_truth, ["hand"])
+    expected = hand_audit().model_dump()
+    # The pool: road 3 + 6, car 3 pseudo pixels.
+    expected["classes"][0]["pool_share"], expected["classes"][1]["pool_share"] = 0.75, 0.25
+    expected["n_failed"], expected["failures"] = 1, [["b.png", "no true label"]]
+    assert audit.model_dump() == expected
+    assert audit.classes[0].iou == pytest.approx(1 / 3) and audit.n_images == 1

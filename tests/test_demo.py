@@ -13,6 +13,7 @@ import pytest
 from core.centroids import find_centroids
 from core.configs import AugmentConfig, LabelJobConfig, ScheduleConfig, TrainJobConfig
 from core.datasets import cityscapes
+from core.gate import GateSpec
 from core.labels import CITYSCAPES
 from core.plan import job_config
 from core.store import LabelStore
@@ -20,7 +21,9 @@ from selftrain.demo import (
     DemoConfig,
     DemoPaths,
     DemoScenes,
+    audit_pseudo_labels,
     class_table,
+    demo_results,
     format_table,
     plan_demo,
     pseudo_label_quality,
@@ -52,6 +55,40 @@ def test_format_table_prints_percent_and_the_students_signed_differences():
     assert lines[0].split() == ["class", "teacher", "control", "student", "s-t", "s-c"]
     assert lines[1].split() == ["road", "50.0", "60.0", "75.0", "+25.0", "+15.0"]
     assert lines[-1].split() == ["mIoU", "40.0", "30.0", "35.0", "-5.0", "+5.0"]
+
+
+def test_the_demo_results_carry_the_gates_verdict_on_both_held_out_domains(tmp_path):
+    def result(miou: float, car: float) -> dict:
+        return {
+            "miou": miou, "pixel_accuracy": 0.9, "per_class_iou": {"road": 0.8, "car": car},
+            "n_images": 6,
+        }  # fmt: skip
+
+    # On the source scenes the student gains 3 over the teacher and 1 over the control; on the
+    # target scenes it is 1 below the control.
+    scores = {
+        "teacher": {"source": result(0.30, 0.40), "target": result(0.20, 0.30)},
+        "control": {"source": result(0.32, 0.40), "target": result(0.23, 0.30)},
+        "student": {"source": result(0.33, 0.39), "target": result(0.22, 0.30)},
+    }
+    checkpoints = {name: f"runs/{name}/best.pt" for name in scores}
+    config = DemoConfig.quick()
+    found = demo_results(config, DemoPaths(tmp_path), scores, checkpoints, None, {})
+    verdict = found["verdict"]
+    assert (found["student_miou"], found["student_target_miou"]) == (0.33, 0.22)
+    assert (verdict["status"], verdict["checkpoint"]) == ("not promoted", "runs/student/best.pt")
+    assert [row["test"] for row in verdict["table"]] == ["source", "target"]
+    assert [row["passed"] for row in verdict["table"]] == [True, False]
+    assert verdict["reasons"] == [
+        "target: the student gains -1.0 mIoU over the labeled-only control (22.0 against 23.0), "
+        "below the required +0.0"
+    ]
+    json.dumps(found)  # results.json
+
+    # A gate that lets a student be 2 points below the teacher and the control.
+    lenient = config.model_copy(update={"gate": GateSpec(min_gain=-0.02)})
+    found = demo_results(lenient, DemoPaths(tmp_path), scores, checkpoints, None, {})
+    assert found["verdict"]["status"] == "promoted"
 
 
 def test_pseudo_label_picture_puts_each_image_next_to_its_colored_label(tmp_path):
@@ -127,6 +164,17 @@ def test_pseudo_label_quality_scores_each_domain_against_the_set_aside_labels(tm
     target = np.stack(truths[2:])
     road_share = (target == 0).sum() / (target != 255).sum()
     assert quality["target"]["pixel_accuracy"] == pytest.approx(road_share)
+
+    # The same labels as the label job's audit: over both domains, every pixel in the bin of
+    # confidence 200/255 = 0.78 (0.7..0.8), whose accuracy is the share right.
+    audit = audit_pseudo_labels(tmp_path / "s.zarr", paths.unlabeled_truth)
+    source = np.stack(truths[:2])
+    counted = (source != 255).sum() + (target != 255).sum()
+    right = (source != 255).sum() + (target == 0).sum()
+    assert (audit.n_images, audit.n_failed, audit.n_pixels) == (4, 0, counted)
+    assert audit.pixel_accuracy == pytest.approx(right / counted)
+    assert [b.pixels for b in audit.bins] == [0] * 7 + [counted] + [0] * 2
+    assert audit.ece == pytest.approx(abs(right / counted - 200 / 255))
 
 
 # A new value for every setting the demo sets; a knob the demo adds without an entry here fails
@@ -267,6 +315,15 @@ def test_quick_demo_command_runs_end_to_end(tmp_path):
     assert "pseudo labels against the unlabeled scenes' true labels: source scenes" in printed
     assert "The student started from the teacher's weights and trained 3 epochs" in printed
     assert "the control trained the same way on the labeled scenes only" in printed
+    # The label store's audit against the scenes' truth, and the gate's verdict on the scores.
+    audit = result["audit"]
+    assert (audit["n_images"], audit["n_failed"]) == (len(store.done_indices()), 0)
+    assert "audit of the label store: " in printed
+    verdict = result["verdict"]
+    assert verdict["status"] in ("promoted", "not promoted") and verdict["reasons"]
+    assert [row["test"] for row in verdict["table"]] == ["source", "target"]
+    assert verdict["table"][0]["student"] == result["student_miou"]
+    assert f"gate, loop 0: student {verdict['status'].upper()}" in printed
     check_tracked_runs(workdir, DemoConfig.quick())
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,17 +37,23 @@ def setup(tmp_path):
         yield client, app.state.service, tmp_path
 
 
-def promote(service, root, name: str, loop: int, seed: int) -> str:
-    """A run (in the database) whose folder records a promoted student of ``name``."""
-    folder = root / "data" / "runs" / f"r{seed}"
-    checkpoint = write_checkpoint(folder / "student" / "best.pt")
-    # A classifier of large random weights: an untrained model that predicts many classes.
+def student(path: Path, seed: int) -> Path:
+    """A checkpoint whose classifier has large random weights: an untrained model that predicts
+    many classes."""
+    checkpoint = write_checkpoint(path)
     state = torch.load(checkpoint, weights_only=False)
     generator = torch.Generator().manual_seed(seed)
     weight = state["model"]["classifier.weight"]
     weight.copy_(torch.randn(weight.shape, generator=generator) * 5)
     state["model"]["classifier.bias"].zero_()
     torch.save(state, checkpoint)
+    return checkpoint
+
+
+def promote(service, root, name: str, loop: int, seed: int) -> str:
+    """A run (in the database) whose folder records a promoted student of ``name``."""
+    folder = root / "data" / "runs" / f"r{seed}"
+    checkpoint = student(folder / "student" / "best.pt", seed)
     with service.db.session() as session:
         session.add(Run(id=f"r{seed}", name=name, spec={}, output=str(folder)))
     write_record(
@@ -157,3 +164,44 @@ def test_health_setup_and_auth_speak_label_studios_protocol(setup):
     assert client.get("/api/label-studio/street/health", headers=bad).status_code == 401
     assert client.get("/api/label-studio/street/health").status_code == 401
     assert client.post("/api/label-studio/street/webhook", json={}, headers=AUTH).status_code == 200
+
+
+@pytest.mark.slow
+def test_with_tracking_the_latest_promoted_model_comes_from_mlflows_registry(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from core.registry import register_in_mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("r", artifact_location=(tmp_path / "art").as_uri())
+    for seed in (0, 1):  # version 2 (seed 1) is the latest
+        checkpoint = student(tmp_path / f"s{seed}" / "best.pt", seed)
+        run_id = client.create_run(experiment).info.run_id
+        client.log_artifact(run_id, str(checkpoint), "model")
+        draft = Registration(
+            name="street", uri="", checkpoint=str(checkpoint), run_folder=str(tmp_path),
+            loop=seed, student="student", teacher="t.pt", gate=[], registered_at=time.time(),
+        )  # fmt: skip
+        register_in_mlflow(uri, run_id, draft)
+    expected_model, _, _ = load_model(checkpoint)
+    for seed in (0, 1):  # only MLflow's artifact store has them now
+        (tmp_path / f"s{seed}" / "best.pt").unlink()
+
+    app = create_app(make_settings(tmp_path, tracking_uri=uri), FakeBackend(), orchestrate=False)
+    with TestClient(app) as service:
+        listed = service.get("/api/models", params={"name": "street"}, headers=AUTH).json()
+        assert [(m["registry"], m["version"], m["uri"]) for m in listed] == [
+            ("mlflow", 2, "models:/street/2"), ("mlflow", 1, "models:/street/1"),
+        ]  # fmt: skip
+        image = street(tmp_path)
+        png = io.BytesIO()
+        Image.fromarray(image).save(png, format="PNG")
+        files = {"image": ("street.png", png.getvalue(), "image/png")}
+        label = service.post("/api/predict", files=files, data={"model": "street"}, headers=AUTH)
+        assert label.status_code == 200, label.text
+    with torch.inference_mode():
+        expected, _ = predict(expected_model.eval(), image)
+    assert len(np.unique(expected)) >= 2
+    np.testing.assert_array_equal(np.array(Image.open(io.BytesIO(label.content))), expected)
+    assert (tmp_path / "work" / "registry" / "street-v2" / "model" / "best.pt").is_file()

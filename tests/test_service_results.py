@@ -103,3 +103,29 @@ def test_stop_on_fail_ends_a_multi_loop_run_at_the_first_student_that_fails(clie
     )
     assert results["promoted"] is None and results["stopped_early"].startswith("not run")
     assert not record_path(run["output"], 0).exists()
+
+
+def test_the_results_name_the_class_a_later_loop_taught_away():
+    # Two loops' label stages of one source (their store summaries, as the database keeps them):
+    # the sign's share of the pool's pseudo labels halves from loop 0 to loop 1.
+    from test_audit import store_summary
+
+    from services.db import Run, Stage
+    from services.results import run_results
+
+    labeled = {"road": 0.5, "car": 0.3, "sign": 0.2}
+    summaries = {
+        "label-0": store_summary({"road": 500, "car": 300, "sign": 200}, labeled, 0.6),
+        "loop1-label-0": store_summary({"road": 600, "car": 300, "sign": 100}, labeled, 0.5),
+    }
+    run = Run(id="r", name="n", spec={"label": {"taught_away_below": 0.75}}, output="/o")
+    for index, (name, summary) in enumerate(summaries.items()):
+        run.stages.append(
+            Stage(index=index, name=name, kind="label", spec_field="label.sources.0",
+                  status="SUCCEEDED", summary=summary)
+        )  # fmt: skip
+    first, second = run_results(run).audits
+    assert (first.loop, first.drift, first.taught_away) == (0, None, [])
+    assert (second.loop, second.taught_away) == (1, ["sign"])
+    assert second.drift.previous == "label-0" and second.drift.taught_away == ["sign"]
+    assert second.audit.confident_share == 0.5

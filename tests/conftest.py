@@ -45,7 +45,7 @@ LIVE_FIXTURES = {"live_service", "finished_run"}
 # 5-7, 2026-12). Tests run file by file on two pytest-xdist workers, the longest files first, so
 # that a long one does not start last and leave the other worker idle at the end.
 SLOW_FILES = {
-    "test_gate_run.py": 600,  # estimated: two runs of five stages on an in-process Ray
+    "test_gate_run.py": 358,
     "test_two_nodes.py": 443,
     "test_local_run.py": 374,
     "test_train_job.py": 370,
